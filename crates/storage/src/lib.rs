@@ -1,0 +1,204 @@
+//! The storage contract: one trait, [`Store`], that the application layer calls
+//! and each backend implements (SQLite here; PostgreSQL later). It owns the
+//! records as stored and the transactions; it knows nothing of HTTP, and it
+//! never sees a secret in the clear (secrets arrive sealed by the crypto crate).
+//!
+//! Every mutation takes the audit entry that describes it and writes both in
+//! one transaction: there is no change without its audit entry.
+
+mod sqlite;
+
+use std::collections::BTreeMap;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+pub use sqlite::SqliteStore;
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    #[error("not found")]
+    NotFound,
+    /// Another credential of the tenant has this name; carries its id.
+    #[error("name already used by {0}")]
+    NameTaken(String),
+    /// The record's version is not the one the caller expected.
+    #[error("version mismatch: current version is {current}")]
+    VersionMismatch { current: i64 },
+    #[error("already exists")]
+    Conflict,
+    #[error("storage failure: {0}")]
+    Backend(String),
+}
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+/// One page of a list and the cursor of the next, if any.
+#[derive(Debug, Clone)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub next_cursor: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct PageRequest<'a> {
+    pub limit: usize,
+    /// The id after which the page starts (lists are in descending id order).
+    pub after: Option<&'a str>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TenantRecord {
+    pub id: String,
+    pub name: String,
+    pub is_operator: bool,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenRecord {
+    pub id: String,
+    pub tenant_id: String,
+    pub name: String,
+    pub role: String,
+    /// SHA-256 of the token; the token itself is never stored.
+    pub hash: [u8; 32],
+    pub created_at: DateTime<Utc>,
+    pub created_by: String,
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+/// Metadata of one stored secret field: that it is set, and its last four
+/// characters where the secret is long enough for that to be safe.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecretMeta {
+    pub field: String,
+    pub last4: Option<String>,
+}
+
+/// A secret field sealed by the credential's data key.
+#[derive(Debug, Clone)]
+pub struct SealedSecret {
+    pub field: String,
+    pub sealed: Vec<u8>,
+}
+
+/// A credential as stored, without its sealed secrets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CredentialRecord {
+    pub id: String,
+    pub tenant_id: String,
+    pub name: String,
+    pub description: String,
+    pub integration_id: String,
+    pub auth_type: String,
+    pub services: BTreeMap<String, String>,
+    pub scopes: Vec<String>,
+    pub params: BTreeMap<String, String>,
+    pub secret_fields: Vec<SecretMeta>,
+    pub status: String,
+    pub status_message: Option<String>,
+    pub checked_at: Option<DateTime<Utc>>,
+    pub version: i64,
+    pub kek_id: String,
+    pub wrapped_dek: Vec<u8>,
+    pub created_at: DateTime<Utc>,
+    pub created_by: String,
+    pub updated_at: DateTime<Utc>,
+    pub updated_by: String,
+}
+
+/// Filters of the credential list. `q_integrations` are the integration ids
+/// whose display name matched `q` (the catalog resolves those, not storage).
+#[derive(Debug, Clone, Default)]
+pub struct CredentialFilter {
+    pub q: Option<String>,
+    pub q_integrations: Vec<String>,
+    pub integration: Option<String>,
+    pub auth_type: Option<String>,
+    pub status: Option<String>,
+}
+
+/// A change to a credential: the new state (version already incremented),
+/// the secrets to write, and the secret fields to remove.
+#[derive(Debug, Clone)]
+pub struct CredentialUpdate {
+    pub record: CredentialRecord,
+    pub expected_version: i64,
+    pub put_secrets: Vec<SealedSecret>,
+    pub remove_secrets: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditEntry {
+    pub id: String,
+    pub tenant_id: String,
+    pub actor_id: String,
+    pub actor_name: String,
+    pub action: String,
+    pub target_type: String,
+    pub target_id: String,
+    pub at: DateTime<Utc>,
+    pub source: Option<String>,
+    /// What changed, by name (never values of secrets).
+    pub details: serde_json::Value,
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Reads a value of the installation's metadata (e.g. the key check).
+    async fn meta_get(&self, key: &str) -> Result<Option<Vec<u8>>>;
+    /// Writes a metadata value unless one exists; true if written.
+    async fn meta_put_if_absent(&self, key: &str, value: Vec<u8>) -> Result<bool>;
+    /// Whether any credential is stored (a key check is only created on empty data).
+    async fn has_credentials(&self) -> Result<bool>;
+
+    async fn create_tenant(
+        &self,
+        tenant: TenantRecord,
+        admin: TokenRecord,
+        audit: Option<AuditEntry>,
+    ) -> Result<()>;
+    async fn list_tenants(&self, page: PageRequest<'_>) -> Result<Page<TenantRecord>>;
+    async fn tenant_count(&self) -> Result<u64>;
+
+    async fn create_token(&self, token: TokenRecord, audit: AuditEntry) -> Result<()>;
+    async fn list_tokens(&self, tenant: &str, page: PageRequest<'_>) -> Result<Page<TokenRecord>>;
+    async fn revoke_token(
+        &self,
+        tenant: &str,
+        id: &str,
+        at: DateTime<Utc>,
+        audit: AuditEntry,
+    ) -> Result<()>;
+    /// The live (not revoked) token with this hash, and its tenant.
+    async fn find_token(&self, hash: [u8; 32]) -> Result<Option<(TokenRecord, TenantRecord)>>;
+
+    async fn insert_credential(
+        &self,
+        record: CredentialRecord,
+        secrets: Vec<SealedSecret>,
+        audit: AuditEntry,
+    ) -> Result<()>;
+    async fn get_credential(&self, tenant: &str, id: &str) -> Result<Option<CredentialRecord>>;
+    /// The id of the tenant's credential with this name (case-insensitive), if any.
+    async fn credential_id_by_name(&self, tenant: &str, name: &str) -> Result<Option<String>>;
+    /// The credential with its sealed secrets, for the code that must open them.
+    async fn get_sealed(
+        &self,
+        tenant: &str,
+        id: &str,
+    ) -> Result<Option<(CredentialRecord, Vec<SealedSecret>)>>;
+    async fn list_credentials(
+        &self,
+        tenant: &str,
+        filter: &CredentialFilter,
+        page: PageRequest<'_>,
+    ) -> Result<Page<CredentialRecord>>;
+    async fn update_credential(&self, update: CredentialUpdate, audit: AuditEntry) -> Result<()>;
+    /// Removes the credential and its secrets for good.
+    async fn delete_credential(&self, tenant: &str, id: &str, audit: AuditEntry) -> Result<()>;
+
+    async fn list_audit(&self, tenant: &str, page: PageRequest<'_>) -> Result<Page<AuditEntry>>;
+}

@@ -1,0 +1,695 @@
+//! The SQLite backend: one writer thread that group-commits every write job
+//! queued while the previous commit was running (each job in its own
+//! savepoint, so one failing job does not undo the others), and a small pool
+//! of read-only connections. WAL with `synchronous=FULL`: a job's result is
+//! returned only after the commit that holds it is durable.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use chrono::{DateTime, TimeZone, Utc};
+use rusqlite::{params, types::Value, Connection, OptionalExtension, Row};
+use tokio::sync::{mpsc, oneshot, Semaphore};
+
+use crate::*;
+
+const MIGRATIONS: &[&str] = &[include_str!("../migrations/sqlite/0001_init.sql")];
+/// Most jobs one commit takes; bounds a commit's latency under a flood.
+const MAX_BATCH: usize = 512;
+const READERS: usize = 4;
+
+type Finish = Box<dyn FnOnce(std::result::Result<(), StoreError>) + Send>;
+type Job = Box<dyn FnOnce(&Connection) -> (bool, Finish) + Send>;
+
+pub struct SqliteStore {
+    writer: mpsc::Sender<Job>,
+    readers: Arc<Mutex<Vec<Connection>>>,
+    read_permits: Arc<Semaphore>,
+}
+
+fn backend(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Backend(e.to_string())
+}
+
+fn ms(t: DateTime<Utc>) -> i64 {
+    t.timestamp_millis()
+}
+
+fn from_ms(v: i64) -> DateTime<Utc> {
+    Utc.timestamp_millis_opt(v).single().unwrap_or_default()
+}
+
+fn open(path: &Path, read_only: bool) -> rusqlite::Result<Connection> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    conn.execute_batch(
+        "PRAGMA journal_mode = WAL;
+         PRAGMA synchronous = FULL;
+         PRAGMA foreign_keys = ON;
+         PRAGMA secure_delete = ON;",
+    )?;
+    if read_only {
+        conn.execute_batch("PRAGMA query_only = ON;")?;
+    }
+    Ok(conn)
+}
+
+fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Exclusive)?;
+    let current: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    for (n, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+        tx.execute_batch(sql)?;
+        tx.execute_batch(&format!("PRAGMA user_version = {}", n + 1))?;
+    }
+    tx.commit()
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database file and applies migrations.
+    pub fn open(path: &Path) -> Result<SqliteStore> {
+        let mut conn = open(path, false).map_err(backend)?;
+        migrate(&mut conn).map_err(|e| StoreError::Backend(format!("migration failed: {e}")))?;
+        let mut readers = Vec::with_capacity(READERS);
+        for _ in 0..READERS {
+            readers.push(open(path, true).map_err(backend)?);
+        }
+        let (tx, rx) = mpsc::channel::<Job>(8192);
+        std::thread::Builder::new()
+            .name("sqlite-writer".into())
+            .spawn(move || writer_loop(conn, rx))
+            .map_err(backend)?;
+        Ok(SqliteStore {
+            writer: tx,
+            readers: Arc::new(Mutex::new(readers)),
+            read_permits: Arc::new(Semaphore::new(READERS)),
+        })
+    }
+
+    /// Runs `f` inside the next group commit; answers once that commit is durable.
+    async fn write<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T> + Send + 'static,
+    {
+        let (done, wait) = oneshot::channel();
+        let job: Job = Box::new(move |conn| {
+            let result = f(conn);
+            let ok = result.is_ok();
+            let finish: Finish = Box::new(move |commit| {
+                let _ = done.send(match commit {
+                    Err(e) if ok => Err(e),
+                    _ => result,
+                });
+            });
+            (ok, finish)
+        });
+        self.writer
+            .send(job)
+            .await
+            .map_err(|_| backend("the writer has stopped"))?;
+        wait.await
+            .map_err(|_| backend("the writer dropped a job"))?
+    }
+
+    async fn read<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T> + Send + 'static,
+    {
+        let permit = self
+            .read_permits
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(backend)?;
+        let pool = self.readers.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = pool
+                .lock()
+                .expect("reader pool poisoned")
+                .pop()
+                .expect("a permit guarantees a reader");
+            let result = f(&conn);
+            pool.lock().expect("reader pool poisoned").push(conn);
+            drop(permit);
+            result
+        })
+        .await
+        .map_err(backend)?
+    }
+}
+
+fn writer_loop(conn: Connection, mut rx: mpsc::Receiver<Job>) {
+    while let Some(first) = rx.blocking_recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+            // Dropping the jobs unanswered makes each caller see a storage failure.
+            tracing::error!(error = %e, "could not begin a write transaction");
+            drop(batch);
+            continue;
+        }
+        let mut finishes = Vec::with_capacity(batch.len());
+        for job in batch {
+            let sp = conn.execute_batch("SAVEPOINT job");
+            let (ok, finish) = job(&conn);
+            let end = if ok && sp.is_ok() {
+                "RELEASE job"
+            } else {
+                "ROLLBACK TO job; RELEASE job"
+            };
+            if let Err(e) = conn.execute_batch(end) {
+                tracing::error!(error = %e, "savepoint end failed");
+            }
+            finishes.push(finish);
+        }
+        let commit = conn.execute_batch("COMMIT").map_err(backend);
+        if commit.is_err() {
+            let _ = conn.execute_batch("ROLLBACK");
+        }
+        for finish in finishes {
+            finish(commit.clone());
+        }
+    }
+}
+
+fn write_audit(conn: &Connection, a: &AuditEntry) -> Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO audit (id, tenant_id, actor_id, actor_name, action, target_type, target_id, at, source, details)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+    )
+    .and_then(|mut s| {
+        s.execute(params![
+            a.id, a.tenant_id, a.actor_id, a.actor_name, a.action, a.target_type, a.target_id,
+            ms(a.at), a.source, a.details.to_string()
+        ])
+    })
+    .map_err(backend)?;
+    Ok(())
+}
+
+fn json<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_string(v).expect("plain data serializes")
+}
+
+fn parse_json<T: serde::de::DeserializeOwned>(s: String) -> rusqlite::Result<T> {
+    serde_json::from_str(&s).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e))
+    })
+}
+
+const CREDENTIAL_COLUMNS: &str = "id, tenant_id, name, description, integration_id, auth_type, services, scopes, params,
+    secret_fields, status, status_message, checked_at, version, kek_id, wrapped_dek, created_at, created_by, updated_at, updated_by";
+
+fn credential_from_row(r: &Row) -> rusqlite::Result<CredentialRecord> {
+    Ok(CredentialRecord {
+        id: r.get(0)?,
+        tenant_id: r.get(1)?,
+        name: r.get(2)?,
+        description: r.get(3)?,
+        integration_id: r.get(4)?,
+        auth_type: r.get(5)?,
+        services: parse_json(r.get(6)?)?,
+        scopes: parse_json(r.get(7)?)?,
+        params: parse_json(r.get(8)?)?,
+        secret_fields: parse_json(r.get(9)?)?,
+        status: r.get(10)?,
+        status_message: r.get(11)?,
+        checked_at: r.get::<_, Option<i64>>(12)?.map(from_ms),
+        version: r.get(13)?,
+        kek_id: r.get(14)?,
+        wrapped_dek: r.get(15)?,
+        created_at: from_ms(r.get(16)?),
+        created_by: r.get(17)?,
+        updated_at: from_ms(r.get(18)?),
+        updated_by: r.get(19)?,
+    })
+}
+
+fn tenant_from_row(r: &Row, at: usize) -> rusqlite::Result<TenantRecord> {
+    Ok(TenantRecord {
+        id: r.get(at)?,
+        name: r.get(at + 1)?,
+        is_operator: r.get(at + 2)?,
+        created_at: from_ms(r.get(at + 3)?),
+    })
+}
+
+fn token_from_row(r: &Row) -> rusqlite::Result<TokenRecord> {
+    let hash: Vec<u8> = r.get(4)?;
+    Ok(TokenRecord {
+        id: r.get(0)?,
+        tenant_id: r.get(1)?,
+        name: r.get(2)?,
+        role: r.get(3)?,
+        hash: hash.try_into().unwrap_or([0; 32]),
+        created_at: from_ms(r.get(5)?),
+        created_by: r.get(6)?,
+        revoked_at: r.get::<_, Option<i64>>(7)?.map(from_ms),
+    })
+}
+
+/// Cuts a `limit + 1` result to a page; the cursor is the last item's id.
+fn page<T>(mut items: Vec<T>, limit: usize, id: impl Fn(&T) -> &str) -> Page<T> {
+    let next_cursor = if items.len() > limit {
+        items.truncate(limit);
+        items.last().map(|i| id(i).to_string())
+    } else {
+        None
+    };
+    Page { items, next_cursor }
+}
+
+fn name_clash(conn: &Connection, tenant: &str, name: &str, except: &str) -> Result<()> {
+    let clash: Option<String> = conn
+        .prepare_cached("SELECT id FROM credentials WHERE tenant_id = ?1 AND lower(name) = lower(?2) AND id <> ?3")
+        .and_then(|mut s| s.query_row(params![tenant, name, except], |r| r.get(0)).optional())
+        .map_err(backend)?;
+    match clash {
+        Some(id) => Err(StoreError::NameTaken(id)),
+        None => Ok(()),
+    }
+}
+
+fn put_secrets(conn: &Connection, credential: &str, secrets: &[SealedSecret]) -> Result<()> {
+    let mut stmt = conn
+        .prepare_cached("INSERT OR REPLACE INTO credential_secrets (credential_id, field, sealed) VALUES (?1, ?2, ?3)")
+        .map_err(backend)?;
+    for s in secrets {
+        stmt.execute(params![credential, s.field, s.sealed])
+            .map_err(backend)?;
+    }
+    Ok(())
+}
+
+/// An FTS5 phrase query for a substring (the trigram tokenizer needs ≥ 3 characters).
+fn fts_phrase(q: &str) -> String {
+    format!("\"{}\"", q.replace('"', "\"\""))
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn meta_get(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        let key = key.to_string();
+        self.read(move |c| {
+            c.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+                .optional()
+                .map_err(backend)
+        })
+        .await
+    }
+
+    async fn meta_put_if_absent(&self, key: &str, value: Vec<u8>) -> Result<bool> {
+        let key = key.to_string();
+        self.write(move |c| {
+            c.execute(
+                "INSERT OR IGNORE INTO meta (key, value) VALUES (?1, ?2)",
+                params![key, value],
+            )
+            .map(|n| n == 1)
+            .map_err(backend)
+        })
+        .await
+    }
+
+    async fn has_credentials(&self) -> Result<bool> {
+        self.read(|c| {
+            c.query_row("SELECT EXISTS (SELECT 1 FROM credentials)", [], |r| {
+                r.get(0)
+            })
+            .map_err(backend)
+        })
+        .await
+    }
+
+    async fn create_tenant(
+        &self,
+        t: TenantRecord,
+        admin: TokenRecord,
+        audit: Option<AuditEntry>,
+    ) -> Result<()> {
+        self.write(move |c| {
+            let exists: bool = c
+                .query_row(
+                    "SELECT EXISTS (SELECT 1 FROM tenants WHERE lower(name) = lower(?1))",
+                    [&t.name],
+                    |r| r.get(0),
+                )
+                .map_err(backend)?;
+            if exists {
+                return Err(StoreError::Conflict);
+            }
+            c.execute(
+                "INSERT INTO tenants (id, name, is_operator, created_at) VALUES (?1, ?2, ?3, ?4)",
+                params![t.id, t.name, t.is_operator, ms(t.created_at)],
+            )
+            .map_err(backend)?;
+            insert_token(c, &admin)?;
+            if let Some(a) = &audit {
+                write_audit(c, a)?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn list_tenants(&self, p: PageRequest<'_>) -> Result<Page<TenantRecord>> {
+        let (limit, after) = (p.limit, p.after.map(str::to_string));
+        self.read(move |c| {
+            let mut s = c
+                .prepare_cached(
+                    "SELECT id, name, is_operator, created_at FROM tenants
+                     WHERE (?1 IS NULL OR id < ?1) ORDER BY id DESC LIMIT ?2",
+                )
+                .map_err(backend)?;
+            let items = s
+                .query_map(params![after, limit as i64 + 1], |r| tenant_from_row(r, 0))
+                .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
+                .map_err(backend)?;
+            Ok(page(items, limit, |t| &t.id))
+        })
+        .await
+    }
+
+    async fn tenant_count(&self) -> Result<u64> {
+        self.read(|c| {
+            c.query_row("SELECT count(*) FROM tenants", [], |r| r.get(0))
+                .map_err(backend)
+        })
+        .await
+    }
+
+    async fn create_token(&self, token: TokenRecord, audit: AuditEntry) -> Result<()> {
+        self.write(move |c| {
+            insert_token(c, &token)?;
+            write_audit(c, &audit)
+        })
+        .await
+    }
+
+    async fn list_tokens(&self, tenant: &str, p: PageRequest<'_>) -> Result<Page<TokenRecord>> {
+        let (tenant, limit, after) = (tenant.to_string(), p.limit, p.after.map(str::to_string));
+        self.read(move |c| {
+            let mut s = c
+                .prepare_cached(
+                    "SELECT id, tenant_id, name, role, hash, created_at, created_by, revoked_at FROM tokens
+                     WHERE tenant_id = ?1 AND (?2 IS NULL OR id < ?2) ORDER BY id DESC LIMIT ?3",
+                )
+                .map_err(backend)?;
+            let items = s
+                .query_map(params![tenant, after, limit as i64 + 1], token_from_row)
+                .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
+                .map_err(backend)?;
+            Ok(page(items, limit, |t| &t.id))
+        })
+        .await
+    }
+
+    async fn revoke_token(
+        &self,
+        tenant: &str,
+        id: &str,
+        at: DateTime<Utc>,
+        audit: AuditEntry,
+    ) -> Result<()> {
+        let (tenant, id) = (tenant.to_string(), id.to_string());
+        self.write(move |c| {
+            let n = c
+                .execute(
+                    "UPDATE tokens SET revoked_at = ?3 WHERE tenant_id = ?1 AND id = ?2 AND revoked_at IS NULL",
+                    params![tenant, id, ms(at)],
+                )
+                .map_err(backend)?;
+            if n == 0 {
+                return Err(StoreError::NotFound);
+            }
+            write_audit(c, &audit)
+        })
+        .await
+    }
+
+    async fn find_token(&self, hash: [u8; 32]) -> Result<Option<(TokenRecord, TenantRecord)>> {
+        self.read(move |c| {
+            c.prepare_cached(
+                "SELECT k.id, k.tenant_id, k.name, k.role, k.hash, k.created_at, k.created_by, k.revoked_at,
+                        t.id, t.name, t.is_operator, t.created_at
+                 FROM tokens k JOIN tenants t ON t.id = k.tenant_id
+                 WHERE k.hash = ?1 AND k.revoked_at IS NULL",
+            )
+            .and_then(|mut s| {
+                s.query_row([hash.as_slice()], |r| Ok((token_from_row(r)?, tenant_from_row(r, 8)?))).optional()
+            })
+            .map_err(backend)
+        })
+        .await
+    }
+
+    async fn insert_credential(
+        &self,
+        rec: CredentialRecord,
+        secrets: Vec<SealedSecret>,
+        audit: AuditEntry,
+    ) -> Result<()> {
+        self.write(move |c| {
+            name_clash(c, &rec.tenant_id, &rec.name, &rec.id)?;
+            c.prepare_cached(&format!(
+                "INSERT INTO credentials ({CREDENTIAL_COLUMNS}) VALUES
+                 (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)"
+            ))
+            .and_then(|mut s| {
+                s.execute(params![
+                    rec.id, rec.tenant_id, rec.name, rec.description, rec.integration_id, rec.auth_type,
+                    json(&rec.services), json(&rec.scopes), json(&rec.params), json(&rec.secret_fields),
+                    rec.status, rec.status_message, rec.checked_at.map(ms), rec.version, rec.kek_id,
+                    rec.wrapped_dek, ms(rec.created_at), rec.created_by, ms(rec.updated_at), rec.updated_by
+                ])
+            })
+            .map_err(backend)?;
+            put_secrets(c, &rec.id, &secrets)?;
+            write_audit(c, &audit)
+        })
+        .await
+    }
+
+    async fn get_credential(&self, tenant: &str, id: &str) -> Result<Option<CredentialRecord>> {
+        let (tenant, id) = (tenant.to_string(), id.to_string());
+        self.read(move |c| get_credential(c, &tenant, &id)).await
+    }
+
+    async fn credential_id_by_name(&self, tenant: &str, name: &str) -> Result<Option<String>> {
+        let (tenant, name) = (tenant.to_string(), name.to_string());
+        self.read(move |c| match name_clash(c, &tenant, &name, "") {
+            Err(StoreError::NameTaken(id)) => Ok(Some(id)),
+            Err(e) => Err(e),
+            Ok(()) => Ok(None),
+        })
+        .await
+    }
+
+    async fn get_sealed(
+        &self,
+        tenant: &str,
+        id: &str,
+    ) -> Result<Option<(CredentialRecord, Vec<SealedSecret>)>> {
+        let (tenant, id) = (tenant.to_string(), id.to_string());
+        self.read(move |c| {
+            let Some(rec) = get_credential(c, &tenant, &id)? else { return Ok(None) };
+            let mut s = c
+                .prepare_cached("SELECT field, sealed FROM credential_secrets WHERE credential_id = ?1 ORDER BY field")
+                .map_err(backend)?;
+            let secrets = s
+                .query_map([&id], |r| Ok(SealedSecret { field: r.get(0)?, sealed: r.get(1)? }))
+                .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
+                .map_err(backend)?;
+            Ok(Some((rec, secrets)))
+        })
+        .await
+    }
+
+    async fn list_credentials(
+        &self,
+        tenant: &str,
+        f: &CredentialFilter,
+        p: PageRequest<'_>,
+    ) -> Result<Page<CredentialRecord>> {
+        let mut sql =
+            format!("SELECT {CREDENTIAL_COLUMNS} FROM credentials c WHERE c.tenant_id = ?");
+        let mut args: Vec<Value> = vec![tenant.to_string().into()];
+        if let Some(q) = f.q.as_deref().filter(|q| !q.is_empty()) {
+            let mut alternatives = Vec::new();
+            if q.chars().count() >= 3 {
+                alternatives.push(
+                    "c.seq IN (SELECT rowid FROM credentials_fts WHERE credentials_fts MATCH ?)"
+                        .to_string(),
+                );
+                args.push(fts_phrase(q).into());
+            } else {
+                alternatives.push("instr(lower(c.name), ?) > 0".to_string());
+                args.push(q.to_lowercase().into());
+            }
+            if !f.q_integrations.is_empty() {
+                alternatives.push(format!(
+                    "c.integration_id IN ({})",
+                    vec!["?"; f.q_integrations.len()].join(", ")
+                ));
+                args.extend(f.q_integrations.iter().map(|i| Value::from(i.clone())));
+            }
+            sql.push_str(&format!(" AND ({})", alternatives.join(" OR ")));
+        }
+        for (column, value) in [
+            ("integration_id", &f.integration),
+            ("auth_type", &f.auth_type),
+            ("status", &f.status),
+        ] {
+            if let Some(v) = value {
+                sql.push_str(&format!(" AND c.{column} = ?"));
+                args.push(v.clone().into());
+            }
+        }
+        if let Some(after) = p.after {
+            sql.push_str(" AND c.id < ?");
+            args.push(after.to_string().into());
+        }
+        sql.push_str(" ORDER BY c.id DESC LIMIT ?");
+        args.push((p.limit as i64 + 1).into());
+        let limit = p.limit;
+        self.read(move |c| {
+            let mut s = c.prepare_cached(&sql).map_err(backend)?;
+            let items = s
+                .query_map(rusqlite::params_from_iter(args), credential_from_row)
+                .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
+                .map_err(backend)?;
+            Ok(page(items, limit, |c| &c.id))
+        })
+        .await
+    }
+
+    async fn update_credential(&self, u: CredentialUpdate, audit: AuditEntry) -> Result<()> {
+        self.write(move |c| {
+            let rec = &u.record;
+            let current: Option<i64> = c
+                .query_row(
+                    "SELECT version FROM credentials WHERE tenant_id = ?1 AND id = ?2",
+                    params![rec.tenant_id, rec.id],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(backend)?;
+            match current {
+                None => return Err(StoreError::NotFound),
+                Some(v) if v != u.expected_version => return Err(StoreError::VersionMismatch { current: v }),
+                Some(_) => {}
+            }
+            name_clash(c, &rec.tenant_id, &rec.name, &rec.id)?;
+            c.prepare_cached(
+                "UPDATE credentials SET name = ?3, description = ?4, services = ?5, scopes = ?6, params = ?7,
+                   secret_fields = ?8, status = ?9, status_message = ?10, checked_at = ?11, version = ?12,
+                   updated_at = ?13, updated_by = ?14
+                 WHERE tenant_id = ?1 AND id = ?2",
+            )
+            .and_then(|mut s| {
+                s.execute(params![
+                    rec.tenant_id, rec.id, rec.name, rec.description, json(&rec.services), json(&rec.scopes),
+                    json(&rec.params), json(&rec.secret_fields), rec.status, rec.status_message,
+                    rec.checked_at.map(ms), rec.version, ms(rec.updated_at), rec.updated_by
+                ])
+            })
+            .map_err(backend)?;
+            put_secrets(c, &rec.id, &u.put_secrets)?;
+            for field in &u.remove_secrets {
+                c.execute(
+                    "DELETE FROM credential_secrets WHERE credential_id = ?1 AND field = ?2",
+                    params![rec.id, field],
+                )
+                .map_err(backend)?;
+            }
+            write_audit(c, &audit)
+        })
+        .await
+    }
+
+    async fn delete_credential(&self, tenant: &str, id: &str, audit: AuditEntry) -> Result<()> {
+        let (tenant, id) = (tenant.to_string(), id.to_string());
+        self.write(move |c| {
+            // Secrets go with the row (ON DELETE CASCADE); secure_delete zeroes the freed pages.
+            let n = c
+                .execute(
+                    "DELETE FROM credentials WHERE tenant_id = ?1 AND id = ?2",
+                    params![tenant, id],
+                )
+                .map_err(backend)?;
+            if n == 0 {
+                return Err(StoreError::NotFound);
+            }
+            write_audit(c, &audit)
+        })
+        .await
+    }
+
+    async fn list_audit(&self, tenant: &str, p: PageRequest<'_>) -> Result<Page<AuditEntry>> {
+        let (tenant, limit, after) = (tenant.to_string(), p.limit, p.after.map(str::to_string));
+        self.read(move |c| {
+            let mut s = c
+                .prepare_cached(
+                    "SELECT id, tenant_id, actor_id, actor_name, action, target_type, target_id, at, source, details
+                     FROM audit WHERE tenant_id = ?1 AND (?2 IS NULL OR id < ?2) ORDER BY id DESC LIMIT ?3",
+                )
+                .map_err(backend)?;
+            let items = s
+                .query_map(params![tenant, after, limit as i64 + 1], |r| {
+                    Ok(AuditEntry {
+                        id: r.get(0)?,
+                        tenant_id: r.get(1)?,
+                        actor_id: r.get(2)?,
+                        actor_name: r.get(3)?,
+                        action: r.get(4)?,
+                        target_type: r.get(5)?,
+                        target_id: r.get(6)?,
+                        at: from_ms(r.get(7)?),
+                        source: r.get(8)?,
+                        details: parse_json(r.get(9)?)?,
+                    })
+                })
+                .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
+                .map_err(backend)?;
+            Ok(page(items, limit, |a| &a.id))
+        })
+        .await
+    }
+}
+
+fn insert_token(c: &Connection, t: &TokenRecord) -> Result<()> {
+    c.execute(
+        "INSERT INTO tokens (id, tenant_id, name, role, hash, created_at, created_by, revoked_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        params![
+            t.id,
+            t.tenant_id,
+            t.name,
+            t.role,
+            t.hash.as_slice(),
+            ms(t.created_at),
+            t.created_by,
+            t.revoked_at.map(ms)
+        ],
+    )
+    .map_err(backend)?;
+    Ok(())
+}
+
+fn get_credential(c: &Connection, tenant: &str, id: &str) -> Result<Option<CredentialRecord>> {
+    c.prepare_cached(&format!(
+        "SELECT {CREDENTIAL_COLUMNS} FROM credentials WHERE tenant_id = ?1 AND id = ?2"
+    ))
+    .and_then(|mut s| {
+        s.query_row(params![tenant, id], credential_from_row)
+            .optional()
+    })
+    .map_err(backend)
+}
