@@ -1,0 +1,411 @@
+//! Credential use cases: check a draft, create, read, list, update (rotating
+//! secrets), delete. Secrets are sealed here, before storage sees them, and
+//! leave only as [`SecretString`]s for the code that must use them.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use domain::credential::{self, CheckedDraft, Draft, ParamInput};
+use domain::{CredentialStatus, FieldError, Role};
+use secrecy::SecretString;
+use storage::{
+    CredentialFilter, CredentialRecord, CredentialUpdate, Page, PageRequest, SealedSecret,
+    SecretMeta,
+};
+
+use super::*;
+
+/// A partial change to a credential. `None` keeps a field as it is.
+#[derive(Debug, Default)]
+pub struct CredentialPatch {
+    pub name: Option<String>,
+    pub description: Option<String>,
+    /// Roles named here change; the others keep their service.
+    pub services: Option<BTreeMap<String, String>>,
+    /// A new key rotates the secret.
+    pub api_key: Option<SecretString>,
+    pub scopes: Option<Vec<String>>,
+    /// Replaces the set of params; a secret param without a value keeps its stored value.
+    pub config_params: Option<Vec<ParamInput>>,
+}
+
+/// Filters of the credential list as the API takes them.
+#[derive(Debug, Default)]
+pub struct ListParams {
+    pub q: Option<String>,
+    pub integration: Option<String>,
+    pub auth_type: Option<String>,
+    pub status: Option<String>,
+    pub page: PageParams,
+}
+
+fn not_found(e: StoreError) -> AppError {
+    match e {
+        StoreError::NotFound => AppError::NotFound("credential"),
+        other => other.into(),
+    }
+}
+
+impl App {
+    /// Checks a draft as create would, including the name's uniqueness, without saving.
+    pub async fn check_credential(&self, p: &Principal, draft: Draft) -> AppResult<()> {
+        p.require(Role::Developer, "A viewer cannot create credentials.")?;
+        let name = draft.name.trim().to_string();
+        let result = credential::check(&self.catalog, draft, &BTreeSet::new());
+        let mut errors = result.err().unwrap_or_default();
+        if !name.is_empty() {
+            if let Some(id) = self
+                .store
+                .credential_id_by_name(&p.tenant_id, &name)
+                .await?
+            {
+                errors.push(name_taken_error(&name, &id));
+            }
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(AppError::Validation(errors))
+        }
+    }
+
+    pub async fn create_credential(
+        &self,
+        p: &Principal,
+        draft: Draft,
+    ) -> AppResult<CredentialRecord> {
+        p.require(Role::Developer, "A viewer cannot create credentials.")?;
+        let checked = credential::check(&self.catalog, draft, &BTreeSet::new())
+            .map_err(AppError::Validation)?;
+        let id = domain::ids::credential();
+        let (dek, wrapped_dek) = self.kek.new_data_key(&p.tenant_id, &id)?;
+        let (secrets, secret_fields) = seal_all(&dek, &p.tenant_id, &id, &checked.new_secrets)?;
+        let at = now();
+        let record = CredentialRecord {
+            id: id.clone(),
+            tenant_id: p.tenant_id.clone(),
+            name: checked.name.clone(),
+            description: checked.description.clone(),
+            integration_id: checked.integration.clone(),
+            auth_type: checked.auth_type.as_str().into(),
+            services: services_map(&checked),
+            scopes: checked.scopes.clone(),
+            params: checked.plain_params.clone(),
+            secret_fields,
+            status: CredentialStatus::Unverified.as_str().into(),
+            status_message: Some("Not checked with the provider yet.".into()),
+            checked_at: None,
+            version: 1,
+            kek_id: self.kek.id().into(),
+            wrapped_dek,
+            created_at: at,
+            created_by: p.token_id.clone(),
+            updated_at: at,
+            updated_by: p.token_id.clone(),
+        };
+        let audit = p.audit(
+            "credential.create",
+            "credential",
+            &id,
+            serde_json::json!({
+                "name": record.name,
+                "integration": record.integration_id,
+                "secret_fields": record.secret_fields.iter().map(|s| &s.field).collect::<Vec<_>>(),
+            }),
+        );
+        match self
+            .store
+            .insert_credential(record.clone(), secrets, audit)
+            .await
+        {
+            Err(StoreError::NameTaken(existing_id)) => Err(AppError::NameTaken {
+                name: record.name.clone(),
+                existing_id,
+            }),
+            other => other.map_err(AppError::from),
+        }?;
+        Ok(record)
+    }
+
+    pub async fn get_credential(&self, p: &Principal, id: &str) -> AppResult<CredentialRecord> {
+        self.store
+            .get_credential(&p.tenant_id, id)
+            .await?
+            .ok_or(AppError::NotFound("credential"))
+    }
+
+    pub async fn list_credentials(
+        &self,
+        p: &Principal,
+        params: ListParams,
+    ) -> AppResult<Page<CredentialRecord>> {
+        let mut errors = Vec::new();
+        let (limit, after) = params
+            .page
+            .resolve()
+            .map_err(|e| errors.extend(e))
+            .unwrap_or_default();
+        if let Some(s) = &params.status {
+            if CredentialStatus::parse(s).is_none() {
+                errors.push(FieldError::new(
+                    "status",
+                    "invalid",
+                    "status is one of valid, invalid, unverified.",
+                ));
+            }
+        }
+        if let Some(t) = &params.auth_type {
+            if domain::AuthType::parse(t).is_none() {
+                errors.push(FieldError::new(
+                    "auth_type",
+                    "invalid",
+                    "auth_type is api_key.",
+                ));
+            }
+        }
+        let q = params
+            .q
+            .map(|q| q.trim().to_string())
+            .filter(|q| !q.is_empty());
+        if q.as_ref().is_some_and(|q| q.chars().count() > 100) {
+            errors.push(FieldError::new(
+                "q",
+                "too_long",
+                "Search with at most 100 characters.",
+            ));
+        }
+        if !errors.is_empty() {
+            return Err(AppError::Validation(errors));
+        }
+        let filter = CredentialFilter {
+            q_integrations: q
+                .as_deref()
+                .map(|q| self.catalog.integrations_matching(&q.to_lowercase()))
+                .unwrap_or_default(),
+            q,
+            integration: params.integration,
+            auth_type: params.auth_type,
+            status: params.status,
+        };
+        Ok(self
+            .store
+            .list_credentials(
+                &p.tenant_id,
+                &filter,
+                PageRequest {
+                    limit,
+                    after: after.as_deref(),
+                },
+            )
+            .await?)
+    }
+
+    pub async fn update_credential(
+        &self,
+        p: &Principal,
+        id: &str,
+        expected_version: i64,
+        patch: CredentialPatch,
+    ) -> AppResult<CredentialRecord> {
+        p.require(Role::Developer, "A viewer cannot change credentials.")?;
+        let current = self.get_credential(p, id).await?;
+        if current.version != expected_version {
+            return Err(AppError::VersionMismatch {
+                expected: expected_version,
+                current: current.version,
+            });
+        }
+        let stored: BTreeSet<String> = current
+            .secret_fields
+            .iter()
+            .map(|s| s.field.clone())
+            .collect();
+        let mut changed = Vec::new();
+        let mut note = |f: &str, present: bool| {
+            if present {
+                changed.push(f.to_string())
+            }
+        };
+        note("name", patch.name.is_some());
+        note("description", patch.description.is_some());
+        note("services", patch.services.is_some());
+        note("api_key", patch.api_key.is_some());
+        note("scopes", patch.scopes.is_some());
+        note("config_params", patch.config_params.is_some());
+        let mut services = current.services.clone();
+        services.extend(patch.services.unwrap_or_default());
+        let params = patch.config_params.unwrap_or_else(|| {
+            let plain = current.params.iter().map(|(k, v)| ParamInput {
+                key: k.clone(),
+                value: Some(SecretString::from(v.clone())),
+                secret: false,
+            });
+            let secret = stored
+                .iter()
+                .filter(|f| *f != credential::API_KEY_FIELD)
+                .map(|f| ParamInput {
+                    key: f.clone(),
+                    value: None,
+                    secret: true,
+                });
+            plain.chain(secret).collect()
+        });
+        let draft = Draft {
+            name: patch.name.unwrap_or_else(|| current.name.clone()),
+            description: patch
+                .description
+                .unwrap_or_else(|| current.description.clone()),
+            integration: current.integration_id.clone(),
+            auth_type: current.auth_type.clone(),
+            services,
+            api_key: patch.api_key,
+            scopes: patch.scopes.unwrap_or_else(|| current.scopes.clone()),
+            params,
+        };
+        let checked =
+            credential::check(&self.catalog, draft, &stored).map_err(AppError::Validation)?;
+
+        let dek = self
+            .kek
+            .unwrap_data_key(&current.wrapped_dek, &p.tenant_id, id)?;
+        let (put_secrets, mut secret_fields) =
+            seal_all(&dek, &p.tenant_id, id, &checked.new_secrets)?;
+        secret_fields.extend(
+            current
+                .secret_fields
+                .iter()
+                .filter(|s| checked.kept_secrets.contains(&s.field))
+                .cloned(),
+        );
+        secret_fields.sort_by(|a, b| a.field.cmp(&b.field));
+        let remove_secrets: Vec<String> = stored
+            .iter()
+            .filter(|f| !checked.kept_secrets.contains(*f) && !checked.new_secrets.contains_key(*f))
+            .cloned()
+            .collect();
+        let secrets_changed = !put_secrets.is_empty() || !remove_secrets.is_empty();
+        let mut record = CredentialRecord {
+            name: checked.name.clone(),
+            description: checked.description.clone(),
+            services: services_map(&checked),
+            scopes: checked.scopes.clone(),
+            params: checked.plain_params.clone(),
+            secret_fields,
+            version: current.version + 1,
+            updated_at: now(),
+            updated_by: p.token_id.clone(),
+            ..current.clone()
+        };
+        if secrets_changed {
+            // A new secret has not been checked with the provider yet.
+            record.status = CredentialStatus::Unverified.as_str().into();
+            record.status_message = Some("The secret changed and has not been checked yet.".into());
+            record.checked_at = None;
+        }
+        let audit = p.audit(
+            if put_secrets
+                .iter()
+                .any(|s| s.field == credential::API_KEY_FIELD)
+            {
+                "credential.rotate"
+            } else {
+                "credential.update"
+            },
+            "credential",
+            id,
+            serde_json::json!({
+                "changed": changed,
+                "secrets_written": put_secrets.iter().map(|s| &s.field).collect::<Vec<_>>(),
+                "secrets_removed": remove_secrets,
+            }),
+        );
+        let update = CredentialUpdate {
+            record: record.clone(),
+            expected_version,
+            put_secrets,
+            remove_secrets,
+        };
+        match self.store.update_credential(update, audit).await {
+            Err(StoreError::NameTaken(existing_id)) => Err(AppError::NameTaken {
+                name: record.name.clone(),
+                existing_id,
+            }),
+            Err(StoreError::VersionMismatch { current }) => Err(AppError::VersionMismatch {
+                expected: expected_version,
+                current,
+            }),
+            other => other.map_err(not_found),
+        }?;
+        Ok(record)
+    }
+
+    pub async fn delete_credential(&self, p: &Principal, id: &str) -> AppResult<()> {
+        p.require(Role::Developer, "A viewer cannot delete credentials.")?;
+        let current = self.get_credential(p, id).await?;
+        let audit = p.audit(
+            "credential.delete",
+            "credential",
+            id,
+            serde_json::json!({ "name": current.name, "integration": current.integration_id }),
+        );
+        self.store
+            .delete_credential(&p.tenant_id, id, audit)
+            .await
+            .map_err(not_found)
+    }
+
+    /// Opens every secret of a credential, for the services that must use
+    /// them (token validation, signature checks). Never for an API response.
+    pub async fn open_secrets(
+        &self,
+        tenant: &str,
+        id: &str,
+    ) -> AppResult<BTreeMap<String, SecretString>> {
+        let (record, sealed) = self
+            .store
+            .get_sealed(tenant, id)
+            .await?
+            .ok_or(AppError::NotFound("credential"))?;
+        let dek = self.kek.unwrap_data_key(&record.wrapped_dek, tenant, id)?;
+        sealed
+            .into_iter()
+            .map(|s| Ok((s.field.clone(), dek.open(tenant, id, &s.field, &s.sealed)?)))
+            .collect()
+    }
+}
+
+fn name_taken_error(name: &str, existing_id: &str) -> FieldError {
+    FieldError::new(
+        "name",
+        "taken",
+        format!("A credential named {name:?} already exists ({existing_id}); choose another name."),
+    )
+}
+
+fn services_map(checked: &CheckedDraft) -> BTreeMap<String, String> {
+    checked
+        .services
+        .iter()
+        .map(|(r, s)| (r.as_str().to_string(), s.clone()))
+        .collect()
+}
+
+fn seal_all(
+    dek: &crypto::DataKey,
+    tenant: &str,
+    credential: &str,
+    secrets: &BTreeMap<String, SecretString>,
+) -> AppResult<(Vec<SealedSecret>, Vec<SecretMeta>)> {
+    let mut sealed = Vec::new();
+    let mut meta = Vec::new();
+    for (field, value) in secrets {
+        sealed.push(SealedSecret {
+            field: field.clone(),
+            sealed: dek.seal(tenant, credential, field, value)?,
+        });
+        meta.push(SecretMeta {
+            field: field.clone(),
+            last4: crypto::last4(value),
+        });
+    }
+    Ok((sealed, meta))
+}

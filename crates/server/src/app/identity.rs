@@ -1,0 +1,255 @@
+//! Tenants, management tokens and the audit log.
+
+use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine};
+use domain::{FieldError, Role};
+use secrecy::{ExposeSecret, SecretString};
+use storage::{AuditEntry, Page, PageRequest, TenantRecord, TokenRecord};
+
+use super::*;
+
+const TOKEN_PREFIX: &str = "lk_";
+
+/// A new management token: its record and the token itself, shown once.
+pub struct IssuedToken {
+    pub record: TokenRecord,
+    pub token: SecretString,
+}
+
+fn issue_token(tenant: &str, name: &str, role: Role, created_by: &str) -> AppResult<IssuedToken> {
+    let raw = crypto::random_bytes(32)?;
+    let token = SecretString::from(format!("{TOKEN_PREFIX}{}", URL_SAFE_NO_PAD.encode(raw)));
+    let record = TokenRecord {
+        id: domain::ids::token(),
+        tenant_id: tenant.into(),
+        name: name.into(),
+        role: role.as_str().into(),
+        hash: crypto::token_hash(token.expose_secret()),
+        created_at: now(),
+        created_by: created_by.into(),
+        revoked_at: None,
+    };
+    Ok(IssuedToken { record, token })
+}
+
+fn check_label(field: &str, value: &str) -> Result<String, Vec<FieldError>> {
+    let v = value.trim();
+    if v.is_empty() {
+        Err(vec![FieldError::new(
+            field,
+            "required",
+            format!("Give the {field}."),
+        )])
+    } else if v.chars().count() > 100 || v.chars().any(char::is_control) {
+        Err(vec![FieldError::new(
+            field,
+            "invalid",
+            "Use 1 to 100 characters without control characters.",
+        )])
+    } else {
+        Ok(v.to_string())
+    }
+}
+
+impl App {
+    /// Resolves a bearer token to its principal; `None` for an unknown or revoked token.
+    pub async fn authenticate(
+        &self,
+        bearer: &str,
+        source: Option<String>,
+    ) -> AppResult<Option<Principal>> {
+        if !bearer.starts_with(TOKEN_PREFIX) || bearer.len() > 200 {
+            return Ok(None);
+        }
+        let Some((token, tenant)) = self.store.find_token(crypto::token_hash(bearer)).await? else {
+            return Ok(None);
+        };
+        let Some(role) = Role::parse(&token.role) else {
+            return Ok(None);
+        };
+        Ok(Some(Principal {
+            token_id: token.id,
+            token_name: token.name,
+            tenant_id: tenant.id,
+            tenant_is_operator: tenant.is_operator,
+            role,
+            source,
+        }))
+    }
+
+    /// On an installation without tenants, creates the operator tenant and its
+    /// first admin token. Returns the token, to be printed once.
+    pub async fn bootstrap(&self) -> AppResult<Option<(TenantRecord, SecretString)>> {
+        if self.store.tenant_count().await? > 0 {
+            return Ok(None);
+        }
+        let tenant = TenantRecord {
+            id: domain::ids::tenant(),
+            name: "default".into(),
+            is_operator: true,
+            created_at: now(),
+        };
+        let issued = issue_token(&tenant.id, "initial admin", Role::Admin, "system")?;
+        let audit = AuditEntry {
+            id: domain::ids::audit(),
+            tenant_id: tenant.id.clone(),
+            actor_id: "system".into(),
+            actor_name: "first start".into(),
+            action: "tenant.create".into(),
+            target_type: "tenant".into(),
+            target_id: tenant.id.clone(),
+            at: now(),
+            source: None,
+            details: serde_json::json!({ "name": tenant.name, "admin_token_id": issued.record.id }),
+        };
+        self.store
+            .create_tenant(tenant.clone(), issued.record, Some(audit))
+            .await?;
+        Ok(Some((tenant, issued.token)))
+    }
+
+    pub async fn create_tenant(
+        &self,
+        p: &Principal,
+        name: &str,
+    ) -> AppResult<(TenantRecord, IssuedToken)> {
+        self.require_operator(p)?;
+        let name = check_label("name", name).map_err(AppError::Validation)?;
+        let tenant = TenantRecord {
+            id: domain::ids::tenant(),
+            name,
+            is_operator: false,
+            created_at: now(),
+        };
+        let issued = issue_token(&tenant.id, "initial admin", Role::Admin, &p.token_id)?;
+        let audit = p.audit(
+            "tenant.create",
+            "tenant",
+            &tenant.id,
+            serde_json::json!({ "name": tenant.name, "admin_token_id": issued.record.id }),
+        );
+        match self
+            .store
+            .create_tenant(tenant.clone(), issued.record.clone(), Some(audit))
+            .await
+        {
+            Err(StoreError::Conflict) => Err(AppError::Conflict(format!(
+                "A tenant named {:?} already exists.",
+                tenant.name
+            ))),
+            other => other.map_err(AppError::from),
+        }?;
+        Ok((tenant, issued))
+    }
+
+    pub async fn list_tenants(
+        &self,
+        p: &Principal,
+        page: &PageParams,
+    ) -> AppResult<Page<TenantRecord>> {
+        self.require_operator(p)?;
+        let (limit, after) = page.resolve().map_err(AppError::Validation)?;
+        Ok(self
+            .store
+            .list_tenants(PageRequest {
+                limit,
+                after: after.as_deref(),
+            })
+            .await?)
+    }
+
+    fn require_operator(&self, p: &Principal) -> AppResult<()> {
+        p.require(
+            Role::Admin,
+            "Only an admin of the operator tenant manages tenants.",
+        )?;
+        if !p.tenant_is_operator {
+            return Err(AppError::Forbidden(
+                "Only an admin of the operator tenant manages tenants.",
+            ));
+        }
+        Ok(())
+    }
+
+    pub async fn create_token(
+        &self,
+        p: &Principal,
+        name: &str,
+        role: &str,
+    ) -> AppResult<IssuedToken> {
+        p.require(Role::Admin, "Only an admin manages tokens.")?;
+        let mut errors = Vec::new();
+        let name = check_label("name", name).map_err(|e| errors.extend(e)).ok();
+        let role = Role::parse(role);
+        if role.is_none() {
+            errors.push(FieldError::new(
+                "role",
+                "invalid",
+                "role is one of admin, developer, viewer.",
+            ));
+        }
+        let (Some(name), Some(role), true) = (name, role, errors.is_empty()) else {
+            return Err(AppError::Validation(errors));
+        };
+        let issued = issue_token(&p.tenant_id, &name, role, &p.token_id)?;
+        let audit = p.audit(
+            "token.create",
+            "token",
+            &issued.record.id,
+            serde_json::json!({ "name": name, "role": role.as_str() }),
+        );
+        self.store
+            .create_token(issued.record.clone(), audit)
+            .await?;
+        Ok(issued)
+    }
+
+    pub async fn list_tokens(
+        &self,
+        p: &Principal,
+        page: &PageParams,
+    ) -> AppResult<Page<TokenRecord>> {
+        p.require(Role::Admin, "Only an admin manages tokens.")?;
+        let (limit, after) = page.resolve().map_err(AppError::Validation)?;
+        Ok(self
+            .store
+            .list_tokens(
+                &p.tenant_id,
+                PageRequest {
+                    limit,
+                    after: after.as_deref(),
+                },
+            )
+            .await?)
+    }
+
+    pub async fn revoke_token(&self, p: &Principal, id: &str) -> AppResult<()> {
+        p.require(Role::Admin, "Only an admin manages tokens.")?;
+        let audit = p.audit("token.revoke", "token", id, serde_json::json!({}));
+        self.store
+            .revoke_token(&p.tenant_id, id, now(), audit)
+            .await
+            .map_err(|e| match e {
+                StoreError::NotFound => AppError::NotFound("token"),
+                other => other.into(),
+            })
+    }
+
+    pub async fn list_audit(
+        &self,
+        p: &Principal,
+        page: &PageParams,
+    ) -> AppResult<Page<AuditEntry>> {
+        p.require(Role::Admin, "Only an admin reads the audit log.")?;
+        let (limit, after) = page.resolve().map_err(AppError::Validation)?;
+        Ok(self
+            .store
+            .list_audit(
+                &p.tenant_id,
+                PageRequest {
+                    limit,
+                    after: after.as_deref(),
+                },
+            )
+            .await?)
+    }
+}

@@ -1,0 +1,167 @@
+//! The application layer: every use case of Latchkey (create a credential,
+//! revoke a token, …) as a method of [`App`], with its authorization rule. It
+//! calls storage, crypto and the domain; it never sees HTTP types, and HTTP
+//! never calls storage or crypto around it.
+//!
+//! Error policy: use cases return [`AppError`], typed in product words; the
+//! HTTP edge maps each variant to one status and problem `code`, once.
+
+mod credentials;
+mod identity;
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use crypto::MasterKey;
+use domain::{Catalog, FieldError, Role};
+use storage::{AuditEntry, Store, StoreError};
+
+pub use credentials::*;
+pub use identity::*;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("the request has invalid fields")]
+    Validation(Vec<FieldError>),
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    #[error("{0}")]
+    Forbidden(&'static str),
+    #[error("a credential named {name:?} already exists")]
+    NameTaken { name: String, existing_id: String },
+    #[error("{0}")]
+    Conflict(String),
+    #[error("the credential has changed since version {expected}; it is now at version {current}")]
+    VersionMismatch { expected: i64, current: i64 },
+    #[error("internal error")]
+    Internal(#[from] anyhow::Error),
+}
+
+impl From<StoreError> for AppError {
+    fn from(e: StoreError) -> AppError {
+        match e {
+            StoreError::NotFound => AppError::NotFound("record"),
+            other => AppError::Internal(anyhow::Error::new(other)),
+        }
+    }
+}
+
+impl From<crypto::CryptoError> for AppError {
+    fn from(e: crypto::CryptoError) -> AppError {
+        AppError::Internal(anyhow::Error::new(e))
+    }
+}
+
+pub type AppResult<T> = Result<T, AppError>;
+
+/// Who is calling: a live management token, its role and tenant, and the
+/// address the call came from (for the audit log).
+#[derive(Debug, Clone)]
+pub struct Principal {
+    pub token_id: String,
+    pub token_name: String,
+    pub tenant_id: String,
+    pub tenant_is_operator: bool,
+    pub role: Role,
+    pub source: Option<String>,
+}
+
+impl Principal {
+    pub fn require(&self, role: Role, what: &'static str) -> AppResult<()> {
+        if self.role >= role {
+            Ok(())
+        } else {
+            Err(AppError::Forbidden(what))
+        }
+    }
+
+    fn audit(
+        &self,
+        action: &str,
+        target_type: &str,
+        target_id: &str,
+        details: serde_json::Value,
+    ) -> AuditEntry {
+        AuditEntry {
+            id: domain::ids::audit(),
+            tenant_id: self.tenant_id.clone(),
+            actor_id: self.token_id.clone(),
+            actor_name: self.token_name.clone(),
+            action: action.into(),
+            target_type: target_type.into(),
+            target_id: target_id.into(),
+            at: now(),
+            source: self.source.clone(),
+            details,
+        }
+    }
+}
+
+/// A page request as the API takes it: a limit and an opaque cursor.
+#[derive(Debug, Clone, Default)]
+pub struct PageParams {
+    pub limit: Option<usize>,
+    pub cursor: Option<String>,
+}
+
+pub const DEFAULT_LIMIT: usize = 50;
+pub const MAX_LIMIT: usize = 200;
+
+impl PageParams {
+    /// The limit and the decoded cursor, or the field errors that say what to fix.
+    fn resolve(&self) -> Result<(usize, Option<String>), Vec<FieldError>> {
+        let mut errors = Vec::new();
+        let limit = self.limit.unwrap_or(DEFAULT_LIMIT);
+        if limit == 0 || limit > MAX_LIMIT {
+            errors.push(FieldError::new(
+                "limit",
+                "out_of_range",
+                format!("limit must be 1 to {MAX_LIMIT}."),
+            ));
+        }
+        let after = match &self.cursor {
+            None => None,
+            Some(c) => match decode_cursor(c) {
+                Some(id) => Some(id),
+                None => {
+                    errors.push(FieldError::new(
+                        "cursor",
+                        "invalid",
+                        "Use the next_cursor value of the previous page as it was given.",
+                    ));
+                    None
+                }
+            },
+        };
+        if errors.is_empty() {
+            Ok((limit, after))
+        } else {
+            Err(errors)
+        }
+    }
+}
+
+pub fn encode_cursor(id: &str) -> String {
+    use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine};
+    URL_SAFE_NO_PAD.encode(id)
+}
+
+fn decode_cursor(c: &str) -> Option<String> {
+    use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine};
+    let raw = URL_SAFE_NO_PAD.decode(c).ok()?;
+    let id = String::from_utf8(raw).ok()?;
+    (id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')).then_some(id)
+}
+
+pub fn now() -> DateTime<Utc> {
+    Utc::now()
+}
+
+/// Everything a use case needs, shared by every request.
+pub struct App {
+    pub store: Arc<dyn Store>,
+    pub kek: MasterKey,
+    pub catalog: Catalog,
+    /// Base of the callback URLs, without a trailing slash.
+    pub public_url: String,
+}

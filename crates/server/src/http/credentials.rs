@@ -1,0 +1,424 @@
+//! `/v1/credentials`: the request and response shapes of credentials, and the
+//! handlers that turn them into use-case calls. Secrets are write-only: they
+//! come in as [`SecretString`] and go out only as `{ "set": true, "last4": … }`.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use domain::credential::{Draft, ParamInput, API_KEY_FIELD};
+use secrecy::SecretString;
+use serde::{Deserialize, Serialize};
+use storage::CredentialRecord;
+use utoipa::{IntoParams, ToSchema};
+
+use super::error::{ApiError, JsonBody, PathParam, Problem, QueryParams};
+use super::ListOf;
+use crate::app::{encode_cursor, App, CredentialPatch, ListParams, PageParams, Principal};
+
+/// A config param as sent: a secret param's `value` may be left out on update
+/// to keep the stored value.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigParamIn {
+    pub key: String,
+    #[schema(value_type = Option<String>, format = Password)]
+    pub value: Option<SecretString>,
+    #[serde(default)]
+    pub secret: bool,
+}
+
+fn params_in(params: Vec<ConfigParamIn>) -> Vec<ParamInput> {
+    params
+        .into_iter()
+        .map(|p| ParamInput {
+            key: p.key,
+            value: p.value,
+            secret: p.secret,
+        })
+        .collect()
+}
+
+fn default_auth_type() -> String {
+    "api_key".into()
+}
+fn default_true() -> bool {
+    true
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateCredential {
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    /// Catalog id of the integration, e.g. `twilio`.
+    pub integration: String,
+    #[serde(default = "default_auth_type")]
+    #[schema(default = "api_key")]
+    pub auth_type: String,
+    /// Service id per role; roles left out take the integration's default.
+    #[serde(default)]
+    pub services: BTreeMap<String, String>,
+    /// The key itself. Write-only.
+    #[schema(value_type = Option<String>, format = Password)]
+    pub api_key: Option<SecretString>,
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    #[serde(default)]
+    pub config_params: Vec<ConfigParamIn>,
+    /// Check the key with the integration's Token Validation Service before saving.
+    #[serde(default = "default_true")]
+    #[schema(default = true)]
+    pub validate: bool,
+}
+
+impl CreateCredential {
+    fn into_draft(self) -> Draft {
+        Draft {
+            name: self.name,
+            description: self.description,
+            integration: self.integration,
+            auth_type: self.auth_type,
+            services: self.services,
+            api_key: self.api_key,
+            scopes: self.scopes,
+            params: params_in(self.config_params),
+        }
+    }
+}
+
+/// A partial change; fields left out keep their value.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateCredential {
+    pub name: Option<String>,
+    pub description: Option<String>,
+    /// Roles named here change service; the others keep theirs.
+    pub services: Option<BTreeMap<String, String>>,
+    /// A new key rotates the secret; leave it out to keep the current one.
+    #[schema(value_type = Option<String>, format = Password)]
+    pub api_key: Option<SecretString>,
+    pub scopes: Option<Vec<String>>,
+    /// Replaces the params; a secret param sent without a value keeps its stored value.
+    pub config_params: Option<Vec<ConfigParamIn>>,
+    #[serde(default = "default_true")]
+    #[schema(default = true)]
+    pub validate: bool,
+}
+
+/// A stored secret, as the API shows it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SecretState {
+    pub set: bool,
+    /// Last four characters, for secrets long enough for that to be safe.
+    pub last4: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum ParamValue {
+    Plain(String),
+    Secret(SecretState),
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ConfigParamOut {
+    pub key: String,
+    pub secret: bool,
+    pub value: ParamValue,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CallbackUrls {
+    pub webhook_url: String,
+    pub action_url: String,
+    /// Only for auth types with a browser consent step.
+    pub authentication_url: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Credential {
+    pub id: String,
+    pub name: String,
+    pub description: String,
+    pub integration: String,
+    pub integration_name: String,
+    pub auth_type: String,
+    pub services: BTreeMap<String, String>,
+    pub api_key: SecretState,
+    pub scopes: Vec<String>,
+    pub config_params: Vec<ConfigParamOut>,
+    /// `valid`, `invalid` or `unverified`.
+    pub status: String,
+    pub status_message: Option<String>,
+    pub checked_at: Option<chrono::DateTime<chrono::Utc>>,
+    pub callback_urls: CallbackUrls,
+    pub version: i64,
+    pub created_at: chrono::DateTime<chrono::Utc>,
+    /// Id of the token that created it.
+    pub created_by: String,
+    pub updated_at: chrono::DateTime<chrono::Utc>,
+    pub updated_by: String,
+}
+
+impl Credential {
+    pub fn from_record(app: &App, r: CredentialRecord) -> Credential {
+        let secret = |field: &str| {
+            let meta = r.secret_fields.iter().find(|s| s.field == field);
+            SecretState {
+                set: meta.is_some(),
+                last4: meta.and_then(|m| m.last4.clone()),
+            }
+        };
+        let mut config_params: Vec<ConfigParamOut> = r
+            .params
+            .iter()
+            .map(|(k, v)| ConfigParamOut {
+                key: k.clone(),
+                secret: false,
+                value: ParamValue::Plain(v.clone()),
+            })
+            .collect();
+        config_params.extend(
+            r.secret_fields
+                .iter()
+                .filter(|s| s.field != API_KEY_FIELD)
+                .map(|s| ConfigParamOut {
+                    key: s.field.clone(),
+                    secret: true,
+                    value: ParamValue::Secret(secret(&s.field)),
+                }),
+        );
+        config_params.sort_by(|a, b| a.key.cmp(&b.key));
+        let auth = domain::AuthType::parse(&r.auth_type);
+        let base = &app.public_url;
+        Credential {
+            integration_name: app
+                .catalog
+                .integration(&r.integration_id)
+                .map(|i| i.name.clone())
+                .unwrap_or_else(|| r.integration_id.clone()),
+            api_key: secret(API_KEY_FIELD),
+            callback_urls: CallbackUrls {
+                webhook_url: format!("{base}/hooks/{}", r.id),
+                action_url: format!("{base}/actions/{}", r.id),
+                authentication_url: auth
+                    .filter(|a| a.has_consent_step())
+                    .map(|_| format!("{base}/auth/{}", r.id)),
+            },
+            config_params,
+            id: r.id,
+            name: r.name,
+            description: r.description,
+            integration: r.integration_id,
+            auth_type: r.auth_type,
+            services: r.services,
+            scopes: r.scopes,
+            status: r.status,
+            status_message: r.status_message,
+            checked_at: r.checked_at,
+            version: r.version,
+            created_at: r.created_at,
+            created_by: r.created_by,
+            updated_at: r.updated_at,
+            updated_by: r.updated_by,
+        }
+    }
+}
+
+fn with_etag(status: StatusCode, c: Credential) -> Response {
+    let etag =
+        HeaderValue::from_str(&format!("\"{}\"", c.version)).expect("a number is a valid header");
+    let mut res = (status, Json(c)).into_response();
+    res.headers_mut().insert(header::ETAG, etag);
+    res
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct CredentialQuery {
+    /// Matches the credential's name or its integration's name, case-insensitively.
+    pub q: Option<String>,
+    pub integration: Option<String>,
+    pub auth_type: Option<String>,
+    pub status: Option<String>,
+    /// 1 to 200; default 50.
+    pub limit: Option<usize>,
+    pub cursor: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DraftCheck {
+    pub valid: bool,
+}
+
+#[utoipa::path(post, path = "/v1/credentials", tag = "credentials",
+    request_body = CreateCredential,
+    responses(
+        (status = 201, description = "Created", body = Credential),
+        (status = 400, body = Problem), (status = 401, body = Problem), (status = 403, body = Problem),
+        (status = 409, description = "The name is taken", body = Problem),
+        (status = 413, body = Problem), (status = 422, body = Problem)),
+    security(("bearer" = [])))]
+pub async fn create_credential(
+    State(app): State<Arc<App>>,
+    p: Principal,
+    JsonBody(body): JsonBody<CreateCredential>,
+) -> Result<Response, ApiError> {
+    // Token validation against the provider comes with the config services; until
+    // then every credential starts `unverified`, whatever `validate` says.
+    let _ = body.validate;
+    let record = app.create_credential(&p, body.into_draft()).await?;
+    Ok(with_etag(
+        StatusCode::CREATED,
+        Credential::from_record(&app, record),
+    ))
+}
+
+#[utoipa::path(post, path = "/v1/credentials/validate", tag = "credentials",
+    request_body = CreateCredential,
+    responses(
+        (status = 200, description = "The draft would be accepted", body = DraftCheck),
+        (status = 400, body = Problem), (status = 401, body = Problem), (status = 403, body = Problem),
+        (status = 422, description = "Every problem, per field", body = Problem)),
+    security(("bearer" = [])))]
+pub async fn validate_credential(
+    State(app): State<Arc<App>>,
+    p: Principal,
+    JsonBody(body): JsonBody<CreateCredential>,
+) -> Result<Json<DraftCheck>, ApiError> {
+    app.check_credential(&p, body.into_draft()).await?;
+    Ok(Json(DraftCheck { valid: true }))
+}
+
+#[utoipa::path(get, path = "/v1/credentials", tag = "credentials",
+    params(CredentialQuery),
+    responses(
+        (status = 200, body = ListOf<Credential>),
+        (status = 400, body = Problem), (status = 401, body = Problem), (status = 422, body = Problem)),
+    security(("bearer" = [])))]
+pub async fn list_credentials(
+    State(app): State<Arc<App>>,
+    p: Principal,
+    QueryParams(q): QueryParams<CredentialQuery>,
+) -> Result<Json<ListOf<Credential>>, ApiError> {
+    let page = app
+        .list_credentials(
+            &p,
+            ListParams {
+                q: q.q,
+                integration: q.integration,
+                auth_type: q.auth_type,
+                status: q.status,
+                page: PageParams {
+                    limit: q.limit,
+                    cursor: q.cursor,
+                },
+            },
+        )
+        .await?;
+    Ok(Json(ListOf {
+        items: page
+            .items
+            .into_iter()
+            .map(|r| Credential::from_record(&app, r))
+            .collect(),
+        next_cursor: page.next_cursor.as_deref().map(encode_cursor),
+    }))
+}
+
+#[utoipa::path(get, path = "/v1/credentials/{id}", tag = "credentials",
+    params(("id" = String, Path, description = "Credential id")),
+    responses(
+        (status = 200, body = Credential, headers(("ETag" = String, description = "The version, for If-Match"))),
+        (status = 401, body = Problem), (status = 404, body = Problem)),
+    security(("bearer" = [])))]
+pub async fn get_credential(
+    State(app): State<Arc<App>>,
+    p: Principal,
+    PathParam(id): PathParam<String>,
+) -> Result<Response, ApiError> {
+    let record = app.get_credential(&p, &id).await?;
+    Ok(with_etag(
+        StatusCode::OK,
+        Credential::from_record(&app, record),
+    ))
+}
+
+/// Reads `If-Match: "3"` (or `3`, or a weak `W/"3"`).
+fn if_match(headers: &HeaderMap) -> Result<i64, ApiError> {
+    let raw = headers.get(header::IF_MATCH).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::PRECONDITION_REQUIRED,
+            "precondition_required",
+            "Send If-Match with the credential's version (its ETag) so a concurrent change is not overwritten.",
+        )
+    })?;
+    raw.to_str()
+        .ok()
+        .map(|v| v.trim().trim_start_matches("W/").trim_matches('"'))
+        .and_then(|v| v.parse::<i64>().ok())
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_if_match",
+                "If-Match must be the ETag of the credential, e.g. \"3\".",
+            )
+        })
+}
+
+#[utoipa::path(patch, path = "/v1/credentials/{id}", tag = "credentials",
+    params(("id" = String, Path, description = "Credential id"),
+           ("If-Match" = String, Header, description = "The version being changed (the ETag)")),
+    request_body = UpdateCredential,
+    responses(
+        (status = 200, body = Credential),
+        (status = 400, body = Problem), (status = 401, body = Problem), (status = 403, body = Problem),
+        (status = 404, body = Problem), (status = 409, body = Problem),
+        (status = 412, description = "Stale version", body = Problem),
+        (status = 413, body = Problem),
+        (status = 422, body = Problem), (status = 428, description = "If-Match missing", body = Problem)),
+    security(("bearer" = [])))]
+pub async fn update_credential(
+    State(app): State<Arc<App>>,
+    p: Principal,
+    PathParam(id): PathParam<String>,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody<UpdateCredential>,
+) -> Result<Response, ApiError> {
+    let version = if_match(&headers)?;
+    let _ = body.validate;
+    let patch = CredentialPatch {
+        name: body.name,
+        description: body.description,
+        services: body.services,
+        api_key: body.api_key,
+        scopes: body.scopes,
+        config_params: body.config_params.map(params_in),
+    };
+    let record = app.update_credential(&p, &id, version, patch).await?;
+    Ok(with_etag(
+        StatusCode::OK,
+        Credential::from_record(&app, record),
+    ))
+}
+
+#[utoipa::path(delete, path = "/v1/credentials/{id}", tag = "credentials",
+    params(("id" = String, Path, description = "Credential id")),
+    responses(
+        (status = 204, description = "Deleted, secrets included"),
+        (status = 401, body = Problem), (status = 403, body = Problem), (status = 404, body = Problem)),
+    security(("bearer" = [])))]
+pub async fn delete_credential(
+    State(app): State<Arc<App>>,
+    p: Principal,
+    PathParam(id): PathParam<String>,
+) -> Result<StatusCode, ApiError> {
+    app.delete_credential(&p, &id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}

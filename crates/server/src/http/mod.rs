@@ -1,0 +1,154 @@
+//! The HTTP edge: routes, request/response shapes, authentication, the one
+//! error type, and the OpenAPI document generated from the same route
+//! declarations (so the two cannot drift). Handlers call the application
+//! layer only; the HTTP layer never touches storage or keys.
+
+pub mod auth;
+pub mod catalog;
+pub mod credentials;
+pub mod error;
+pub mod identity;
+
+use std::sync::Arc;
+
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::Serialize;
+use tower_http::trace::TraceLayer;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi, ToSchema};
+use utoipa_axum::{router::OpenApiRouter, routes};
+
+use crate::app::App;
+use error::ApiError;
+
+/// Largest request body the API accepts.
+pub const MAX_BODY: usize = 1024 * 1024;
+
+/// Every list in the API: a page of items and the cursor of the next page.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ListOf<T: ToSchema> {
+    pub items: Vec<T>,
+    /// Pass as `cursor` to get the next page; null on the last page.
+    pub next_cursor: Option<String>,
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Latchkey", description = "App Credentials: store, validate and use third-party app credentials."),
+    modifiers(&BearerAuth),
+    tags(
+        (name = "credentials", description = "App credentials"),
+        (name = "catalog", description = "Integrations and services"),
+        (name = "identity", description = "Tenants, management tokens and the audit log"),
+    )
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("lk_…")
+                    .build(),
+            ),
+        );
+    }
+}
+
+/// The API routes and the OpenAPI document describing exactly them.
+pub fn api() -> (Router<Arc<App>>, utoipa::openapi::OpenApi) {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(
+            credentials::create_credential,
+            credentials::list_credentials
+        ))
+        .routes(routes!(credentials::validate_credential))
+        .routes(routes!(
+            credentials::get_credential,
+            credentials::update_credential,
+            credentials::delete_credential
+        ))
+        .routes(routes!(catalog::list_integrations))
+        .routes(routes!(catalog::get_integration))
+        .routes(routes!(catalog::list_services))
+        .routes(routes!(identity::create_token, identity::list_tokens))
+        .routes(routes!(identity::revoke_token))
+        .routes(routes!(identity::create_tenant, identity::list_tenants))
+        .routes(routes!(identity::list_audit))
+        .split_for_parts()
+}
+
+pub fn router(app: Arc<App>) -> Router {
+    let (api, openapi) = api();
+    let spec = Arc::new(openapi);
+    Router::new()
+        .merge(api)
+        .route(
+            "/v1/openapi.json",
+            get(move || async move { Json(spec.as_ref().clone()) }),
+        )
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::map_response(security_headers))
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(TraceLayer::new_for_http())
+        .with_state(app)
+}
+
+async fn security_headers(mut res: Response) -> Response {
+    let h = res.headers_mut();
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    res
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "not_found", "No such route.")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "This route does not take that method.",
+    )
+}
+
+async fn healthz() -> impl IntoResponse {
+    Json(serde_json::json!({ "status": "ok" }))
+}
+
+/// Ready when storage answers.
+async fn readyz(State(app): State<Arc<App>>) -> Response {
+    match app.store.tenant_count().await {
+        Ok(_) => Json(serde_json::json!({ "status": "ready" })).into_response(),
+        Err(e) => {
+            tracing::warn!(error = %e, "not ready");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(serde_json::json!({ "status": "unavailable" })),
+            )
+                .into_response()
+        }
+    }
+}

@@ -1,0 +1,150 @@
+//! Latchkey's server: start-up (data dir, master key, migrations, first
+//! tenant), the application layer ([`app`]) and the HTTP edge ([`http`]).
+
+pub mod app;
+pub mod http;
+
+use std::future::IntoFuture;
+use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use crypto::MasterKey;
+use secrecy::SecretString;
+use storage::{SqliteStore, Store};
+
+pub use app::App;
+pub use crypto::KeySource;
+
+/// How `latchkey serve` runs.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    /// Base of the callback URLs; default `http://{listen}`.
+    pub public_url: Option<String>,
+    /// `LATCHKEY_MASTER_KEY`, which overrides the key file.
+    pub master_key: Option<SecretString>,
+}
+
+/// What start-up did, for the banner. The admin token is in here once, on
+/// the first start, and is printed by the caller; it is never logged.
+#[derive(Debug)]
+pub struct StartReport {
+    pub addr: SocketAddr,
+    pub public_url: String,
+    pub data_dir: PathBuf,
+    pub key_id: String,
+    pub key_source: KeySource,
+    pub key_file: PathBuf,
+    pub first_admin_token: Option<SecretString>,
+    pub ready_in: Duration,
+}
+
+const KEY_CHECK: &str = "kek_check";
+const KEY_ID: &str = "kek_id";
+
+/// Opens the data dir and storage, checks the master key against the data,
+/// creates the first tenant if there is none, and binds the listener. The
+/// returned future serves until `shutdown` completes, then drains.
+pub async fn start(
+    config: Config,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<(
+    StartReport,
+    impl std::future::Future<Output = std::io::Result<()>>,
+)> {
+    let started = Instant::now();
+    prepare_data_dir(&config.data_dir)?;
+    let key_file = config.data_dir.join("master.key");
+    let store = SqliteStore::open(&config.data_dir.join("latchkey.db"))
+        .with_context(|| format!("cannot open the database in {}", config.data_dir.display()))?;
+    let stored_check = store.meta_get(KEY_CHECK).await?;
+    let stored_id = store
+        .meta_get(KEY_ID)
+        .await?
+        .map(|v| String::from_utf8_lossy(&v).into_owned());
+    if stored_check.is_some() && config.master_key.is_none() && !key_file.exists() {
+        bail!(
+            "no master key: the data in {} was sealed with key {}, and neither LATCHKEY_MASTER_KEY nor {} is there. \
+             Restore the key file from your backup or set LATCHKEY_MASTER_KEY.",
+            config.data_dir.display(),
+            stored_id.as_deref().unwrap_or("?"),
+            key_file.display()
+        );
+    }
+    let (kek, key_source) = MasterKey::load_or_create(config.master_key.as_ref(), &key_file)?;
+    match stored_check {
+        Some(check) if !kek.opens_key_check(&check) => bail!(
+            "the master key {} does not match the data in {}, which was sealed with key {}. \
+             Start with the key this data was written with; nothing was changed.",
+            kek.id(),
+            config.data_dir.display(),
+            stored_id.as_deref().unwrap_or("?")
+        ),
+        Some(_) => {}
+        None => {
+            if store.has_credentials().await? {
+                bail!("the database has credentials but no key check; refusing to guess which key sealed them");
+            }
+            store
+                .meta_put_if_absent(KEY_CHECK, kek.seal_key_check()?)
+                .await?;
+            store
+                .meta_put_if_absent(KEY_ID, kek.id().as_bytes().to_vec())
+                .await?;
+        }
+    }
+
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let addr = listener.local_addr()?;
+    let public_url = config
+        .public_url
+        .clone()
+        .unwrap_or_else(|| format!("http://{addr}"));
+    let public_url = public_url.trim_end_matches('/').to_string();
+    let key_id = kek.id().to_string();
+    let app = Arc::new(App {
+        store: Arc::new(store) as Arc<dyn Store>,
+        kek,
+        catalog: domain::Catalog::builtin()?,
+        public_url: public_url.clone(),
+    });
+    let first_admin_token = app
+        .bootstrap()
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?
+        .map(|(_, token)| token);
+    let router = http::router(app);
+    let serve = axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .into_future();
+    let report = StartReport {
+        addr,
+        public_url,
+        data_dir: config.data_dir,
+        key_id,
+        key_source,
+        key_file,
+        first_admin_token,
+        ready_in: started.elapsed(),
+    };
+    Ok((report, serve))
+}
+
+fn prepare_data_dir(dir: &Path) -> anyhow::Result<()> {
+    if !dir.exists() {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create data dir {}", dir.display()))?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,161 @@
+//! The one test harness: `spawn_app()` starts Latchkey on port 0 with its own
+//! data dir and returns a client bound to the first admin token.
+
+use std::path::PathBuf;
+
+use reqwest::{Method, RequestBuilder, Response};
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::{json, Value};
+
+pub struct TestApp {
+    pub base: String,
+    pub token: String,
+    pub client: reqwest::Client,
+    pub dir: tempfile::TempDir,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    serving: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+}
+
+pub async fn spawn_app() -> TestApp {
+    let dir = tempfile::tempdir().unwrap();
+    spawn_app_in(dir, None).await.map_err(|(e, _)| e).unwrap()
+}
+
+/// Starts over an existing data dir; on failure the dir is handed back with the error.
+pub async fn spawn_app_in(
+    dir: tempfile::TempDir,
+    key: Option<&str>,
+) -> Result<TestApp, (anyhow::Error, tempfile::TempDir)> {
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let config = server::Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        data_dir: dir.path().to_path_buf(),
+        public_url: Some("https://hooks.example.test".into()),
+        master_key: key.map(|k| SecretString::from(k.to_string())),
+    };
+    let (report, serving) = match server::start(config, async move {
+        let _ = stopped.await;
+    })
+    .await
+    {
+        Ok(started) => started,
+        Err(e) => return Err((e, dir)),
+    };
+    let token = report
+        .first_admin_token
+        .as_ref()
+        .map(|t| t.expose_secret().to_string())
+        .unwrap_or_default();
+    Ok(TestApp {
+        base: format!("http://{}", report.addr),
+        token,
+        client: reqwest::Client::new(),
+        dir,
+        stop: Some(stop),
+        serving: Some(tokio::spawn(serving)),
+    })
+}
+
+impl TestApp {
+    pub fn db_path(&self) -> PathBuf {
+        self.dir.path().join("latchkey.db")
+    }
+
+    pub fn req(&self, method: Method, path: &str, token: &str) -> RequestBuilder {
+        self.client
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(token)
+    }
+
+    pub async fn get(&self, path: &str) -> Response {
+        self.req(Method::GET, path, &self.token)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn post(&self, path: &str, body: &Value) -> Response {
+        self.req(Method::POST, path, &self.token)
+            .json(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Creates a credential as the admin and returns its JSON.
+    pub async fn create(&self, body: &Value) -> Value {
+        let res = self.post("/v1/credentials", body).await;
+        let status = res.status();
+        let json: Value = res.json().await.unwrap();
+        assert_eq!(status, 201, "{json}");
+        json
+    }
+
+    /// A token of the given role in the admin's tenant.
+    pub async fn token_with_role(&self, role: &str) -> String {
+        let res = self
+            .post(
+                "/v1/tokens",
+                &json!({ "name": format!("{role} token"), "role": role }),
+            )
+            .await;
+        assert_eq!(res.status(), 201);
+        res.json::<Value>().await.unwrap()["token"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
+    /// Stops the server and waits until it has drained.
+    pub async fn stop(mut self) -> tempfile::TempDir {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(h) = self.serving.take() {
+            h.await.unwrap().unwrap();
+        }
+        self.dir
+    }
+}
+
+pub fn twilio_key(seed: char) -> String {
+    std::iter::repeat_n(seed, 28)
+        .chain("WXYZ".chars())
+        .collect()
+}
+
+/// A valid Twilio credential body.
+pub fn twilio(name: &str, key: &str) -> Value {
+    json!({
+        "name": name,
+        "description": "SMS for the support team",
+        "integration": "twilio",
+        "auth_type": "api_key",
+        "api_key": key,
+        "scopes": ["messaging"],
+        "config_params": [
+            { "key": "account_sid", "value": format!("AC{}", "0123456789abcdef".repeat(2)) },
+            { "key": "api_key_sid", "value": format!("SK{}", "fedcba9876543210".repeat(2)) },
+        ],
+    })
+}
+
+pub fn stripe(name: &str) -> Value {
+    json!({
+        "name": name,
+        "integration": "stripe",
+        "api_key": "sk_test_4eC39HqLyjWDarjtT1zdp7dc",
+    })
+}
+
+/// Field names of a problem's `errors`.
+pub fn error_fields(problem: &Value) -> Vec<String> {
+    problem["errors"]
+        .as_array()
+        .map(|e| {
+            e.iter()
+                .map(|e| e["field"].as_str().unwrap().to_string())
+                .collect()
+        })
+        .unwrap_or_default()
+}

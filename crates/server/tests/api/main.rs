@@ -1,0 +1,9 @@
+//! API tests: each test starts the real server on a random port over a fresh
+//! data dir and talks HTTP to it, as a client would.
+
+mod catalog;
+mod credentials;
+mod encryption;
+mod helpers;
+mod identity;
+mod openapi;

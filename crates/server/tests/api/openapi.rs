@@ -1,0 +1,89 @@
+//! The OpenAPI document and the routes come from the same declarations; these
+//! tests fail when they drift apart anyway.
+
+use std::collections::BTreeSet;
+
+use serde_json::Value;
+
+use crate::helpers::*;
+
+const OPERATIONS: &[&str] = &[
+    "DELETE /v1/credentials/{id}",
+    "DELETE /v1/tokens/{id}",
+    "GET /v1/audit",
+    "GET /v1/credentials",
+    "GET /v1/credentials/{id}",
+    "GET /v1/integrations",
+    "GET /v1/integrations/{id}",
+    "GET /v1/services",
+    "GET /v1/tenants",
+    "GET /v1/tokens",
+    "PATCH /v1/credentials/{id}",
+    "POST /v1/credentials",
+    "POST /v1/credentials/validate",
+    "POST /v1/tenants",
+    "POST /v1/tokens",
+];
+
+#[tokio::test]
+async fn the_spec_is_openapi_3_1_and_lists_exactly_the_routes_that_answer() {
+    let app = spawn_app().await;
+    let res = app
+        .client
+        .get(format!("{}/v1/openapi.json", app.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let spec: Value = res.json().await.unwrap();
+    assert!(
+        spec["openapi"].as_str().unwrap().starts_with("3.1"),
+        "{}",
+        spec["openapi"]
+    );
+    assert!(spec["components"]["securitySchemes"]["bearer"].is_object());
+
+    let mut ops = BTreeSet::new();
+    for (path, item) in spec["paths"].as_object().unwrap() {
+        for method in item.as_object().unwrap().keys() {
+            if ["get", "post", "patch", "put", "delete"].contains(&method.as_str()) {
+                ops.insert(format!("{} {path}", method.to_uppercase()));
+            }
+        }
+    }
+    let expected: BTreeSet<String> = OPERATIONS.iter().map(|s| s.to_string()).collect();
+    assert_eq!(
+        ops, expected,
+        "the spec's operations changed: update OPERATIONS if that was meant"
+    );
+
+    // Every documented operation is routed: whatever it answers, it is not a routing miss.
+    for op in &ops {
+        let (method, path) = op.split_once(' ').unwrap();
+        let url = format!("{}{}", app.base, path.replace("{id}", "x"));
+        let res = app
+            .client
+            .request(method.parse().unwrap(), url)
+            .send()
+            .await
+            .unwrap();
+        let status = res.status();
+        let body: Value = res.json().await.unwrap_or(Value::Null);
+        assert_ne!(status, 405, "{op} is documented but not routed");
+        assert_ne!(
+            body["detail"], "No such route.",
+            "{op} is documented but not routed"
+        );
+        assert_eq!(status, 401, "{op} must require a token");
+    }
+    // And a route that is not documented is not served.
+    assert_eq!(
+        app.client
+            .get(format!("{}/v1/secrets", app.base))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
+}
