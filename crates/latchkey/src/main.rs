@@ -1,0 +1,137 @@
+//! The `latchkey` binary: `serve` runs the service; every other command is a
+//! client of the REST API (see `cli.rs`). This file is the composition root:
+//! it parses arguments and wires configuration, nothing more.
+
+mod cli;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+use secrecy::SecretString;
+
+#[derive(Parser)]
+#[command(
+    name = "latchkey",
+    version,
+    about = "App Credentials: store, validate and use third-party app credentials."
+)]
+struct Args {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server (SQLite in the data dir by default).
+    Serve(ServeArgs),
+    #[command(flatten)]
+    Client(cli::ClientCommand),
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8080", env = "LATCHKEY_LISTEN")]
+    listen: SocketAddr,
+    /// Where the database and the master key file live.
+    #[arg(long, default_value = "./latchkey-data", env = "LATCHKEY_DATA_DIR")]
+    data_dir: PathBuf,
+    /// Base of the callback URLs (default http://{listen}).
+    #[arg(long, env = "LATCHKEY_PUBLIC_URL")]
+    public_url: Option<String>,
+    /// Log format.
+    #[arg(long, value_parser = ["text", "json"], default_value = "text", env = "LATCHKEY_LOG_FORMAT")]
+    log_format: String,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    match args.command {
+        Command::Serve(s) => serve(s),
+        Command::Client(c) => cli::run(c),
+    }
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    init_logging(&args.log_format);
+    let master_key = std::env::var("LATCHKEY_MASTER_KEY")
+        .ok()
+        .map(SecretString::from);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let config = server::Config {
+            listen: args.listen,
+            data_dir: args.data_dir,
+            public_url: args.public_url,
+            master_key,
+        };
+        let (report, serving) = match server::start(config, shutdown_signal()).await {
+            Ok(started) => started,
+            Err(e) => {
+                eprintln!("latchkey: cannot start: {e:#}");
+                std::process::exit(1);
+            }
+        };
+        print_banner(&report);
+        serving.await?;
+        eprintln!("latchkey: stopped");
+        Ok(())
+    })
+}
+
+fn print_banner(r: &server::StartReport) {
+    use secrecy::ExposeSecret;
+    use server::KeySource;
+    println!("Latchkey {}", env!("CARGO_PKG_VERSION"));
+    println!("  data dir     {}", r.data_dir.display());
+    match r.key_source {
+        KeySource::CreatedFile => {
+            println!(
+                "  master key   created {} (mode 0600)",
+                r.key_file.display()
+            );
+            println!(
+                "               BACK IT UP NOW: without it the stored secrets cannot be opened."
+            );
+        }
+        KeySource::ExistingFile => println!("  master key   {}", r.key_file.display()),
+        KeySource::Environment => println!("  master key   from LATCHKEY_MASTER_KEY"),
+    }
+    println!("  fingerprint  {}", r.key_id);
+    if let Some(token) = &r.first_admin_token {
+        println!("  first start: created the operator tenant and its admin token (shown only this once):");
+        println!("    LATCHKEY_TOKEN={}", token.expose_secret());
+    }
+    println!(
+        "  API          http://{}/v1  (OpenAPI at /v1/openapi.json)",
+        r.addr
+    );
+    println!("  callbacks    {}/hooks/{{credential_id}}", r.public_url);
+    println!("  ready in     {} ms", r.ready_in.as_millis());
+}
+
+fn init_logging(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("LATCHKEY_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,tower_http=info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        _ = term.recv() => {},
+    }
+    eprintln!("latchkey: shutting down, finishing requests in flight");
+}
