@@ -1,0 +1,149 @@
+//! A first rough measurement (the full benchmark is a later piece of work):
+//! credential creates per second with many concurrent clients, then get-by-id
+//! and search-page latency once `--count` credentials are stored.
+//!
+//! `cargo run --release -p server --example rough_bench -- [count]`
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use secrecy::ExposeSecret;
+use serde_json::{json, Value};
+
+const CLIENTS: usize = 64;
+
+fn body(n: usize) -> Value {
+    json!({
+        "name": format!("bench credential {n:07}"),
+        "integration": if n.is_multiple_of(3) { "stripe" } else { "github" },
+        "api_key": if n.is_multiple_of(3) { format!("sk_test_{n:024}") } else { format!("ghp_{n:036}") },
+    })
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> f64 {
+    sorted[((sorted.len() as f64 * p) as usize).min(sorted.len() - 1)].as_secs_f64() * 1000.0
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let count: usize = std::env::args()
+        .nth(1)
+        .map(|s| s.parse())
+        .transpose()?
+        .unwrap_or(100_000);
+    let dir = tempfile::tempdir()?;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let (report, serving) = server::start(
+        server::Config {
+            listen: "127.0.0.1:0".parse()?,
+            data_dir: dir.path().to_path_buf(),
+            public_url: None,
+            master_key: None,
+        },
+        async move {
+            let _ = stopped.await;
+        },
+    )
+    .await?;
+    let serving = tokio::spawn(serving);
+    let base = format!("http://{}", report.addr);
+    let token = report
+        .first_admin_token
+        .as_ref()
+        .unwrap()
+        .expose_secret()
+        .to_string();
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(CLIENTS)
+        .build()?;
+
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..CLIENTS {
+        let (client, base, token, next) =
+            (client.clone(), base.clone(), token.clone(), next.clone());
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let n = next.fetch_add(1, Ordering::Relaxed);
+                if n >= count {
+                    break;
+                }
+                let res = client
+                    .post(format!("{base}/v1/credentials"))
+                    .bearer_auth(&token)
+                    .json(&body(n))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(res.status(), 201);
+            }
+        }));
+    }
+    for t in tasks {
+        t.await?;
+    }
+    let elapsed = started.elapsed();
+    println!(
+        "create: {count} credentials in {:.1} s = {:.0}/s ({CLIENTS} clients)",
+        elapsed.as_secs_f64(),
+        count as f64 / elapsed.as_secs_f64()
+    );
+
+    let first: Value = client
+        .get(format!("{base}/v1/credentials?limit=200"))
+        .bearer_auth(&token)
+        .send()
+        .await?
+        .json()
+        .await?;
+    let ids: Vec<String> = first["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["id"].as_str().unwrap().to_string())
+        .collect();
+    for (label, paths) in [
+        (
+            "get by id",
+            ids.iter()
+                .map(|id| format!("/v1/credentials/{id}"))
+                .collect::<Vec<_>>(),
+        ),
+        (
+            "search page (q=credential 00, 50 rows)",
+            vec!["/v1/credentials?q=credential%2000&limit=50".to_string()],
+        ),
+        (
+            "search page (q=git, app name, 50 rows)",
+            vec!["/v1/credentials?q=git&limit=50".to_string()],
+        ),
+        (
+            "list page (50 rows)",
+            vec!["/v1/credentials?limit=50".to_string()],
+        ),
+    ] {
+        let mut lat = Vec::new();
+        for i in 0..2000 {
+            let t = Instant::now();
+            let res = client
+                .get(format!("{base}{}", paths[i % paths.len()]))
+                .bearer_auth(&token)
+                .send()
+                .await?;
+            assert_eq!(res.status(), 200);
+            res.bytes().await?;
+            lat.push(t.elapsed());
+        }
+        lat.sort();
+        println!(
+            "{label}: p50 {:.2} ms, p99 {:.2} ms (sequential, {count} stored)",
+            percentile(&lat, 0.5),
+            percentile(&lat, 0.99)
+        );
+    }
+    let _ = stop.send(());
+    serving.await??;
+    Ok(())
+}
