@@ -116,6 +116,10 @@ async fn main() -> anyhow::Result<()> {
             vec!["/v1/credentials?q=credential%2000&limit=50".to_string()],
         ),
         (
+            "search (q=0000123, one old match, via the trigram index)",
+            vec!["/v1/credentials?q=0000123&limit=50".to_string()],
+        ),
+        (
             "search page (q=git, app name, 50 rows)",
             vec!["/v1/credentials?q=git&limit=50".to_string()],
         ),

@@ -518,54 +518,65 @@ impl Store for SqliteStore {
         f: &CredentialFilter,
         p: PageRequest<'_>,
     ) -> Result<Page<CredentialRecord>> {
-        let mut sql =
-            format!("SELECT {CREDENTIAL_COLUMNS} FROM credentials c WHERE c.tenant_id = ?");
-        let mut args: Vec<Value> = vec![tenant.to_string().into()];
-        if let Some(q) = f.q.as_deref().filter(|q| !q.is_empty()) {
-            let mut alternatives = Vec::new();
-            if q.chars().count() >= 3 {
-                alternatives.push(
-                    "c.seq IN (SELECT rowid FROM credentials_fts WHERE credentials_fts MATCH ?)"
-                        .to_string(),
-                );
-                args.push(fts_phrase(q).into());
-            } else {
-                alternatives.push("instr(lower(c.name), ?) > 0".to_string());
-                args.push(q.to_lowercase().into());
-            }
-            if !f.q_integrations.is_empty() {
-                alternatives.push(format!(
-                    "c.integration_id IN ({})",
-                    vec!["?"; f.q_integrations.len()].join(", ")
-                ));
-                args.extend(f.q_integrations.iter().map(|i| Value::from(i.clone())));
-            }
-            sql.push_str(&format!(" AND ({})", alternatives.join(" OR ")));
-        }
+        // The conditions every phase shares: tenant, exact filters, cursor.
+        let mut base = String::from("c.tenant_id = ?");
+        let mut base_args: Vec<Value> = vec![tenant.to_string().into()];
         for (column, value) in [
             ("integration_id", &f.integration),
             ("auth_type", &f.auth_type),
             ("status", &f.status),
         ] {
             if let Some(v) = value {
-                sql.push_str(&format!(" AND c.{column} = ?"));
-                args.push(v.clone().into());
+                base.push_str(&format!(" AND c.{column} = ?"));
+                base_args.push(v.clone().into());
             }
         }
         if let Some(after) = p.after {
-            sql.push_str(" AND c.id < ?");
-            args.push(after.to_string().into());
+            base.push_str(" AND c.id < ?");
+            base_args.push(after.to_string().into());
         }
-        sql.push_str(" ORDER BY c.id DESC LIMIT ?");
-        args.push((p.limit as i64 + 1).into());
         let limit = p.limit;
+        let q = f.q.clone().filter(|q| !q.is_empty());
+        let q_integrations = f.q_integrations.clone();
         self.read(move |c| {
-            let mut s = c.prepare_cached(&sql).map_err(backend)?;
-            let items = s
-                .query_map(rusqlite::params_from_iter(args), credential_from_row)
-                .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
-                .map_err(backend)?;
-            Ok(page(items, limit, |c| &c.id))
+            let Some(q) = q else {
+                let sql = format!(
+                    "SELECT {CREDENTIAL_COLUMNS} FROM credentials c WHERE {base} ORDER BY c.id DESC LIMIT ?"
+                );
+                let mut args = base_args;
+                args.push((limit as i64 + 1).into());
+                return Ok(page(query_credentials(c, &sql, args)?, limit, |c| &c.id));
+            };
+            // A query that matches many names is answered fastest by walking
+            // the newest rows in order; one that matches few, by the index.
+            if let Some(found) = search_window(c, &base, &base_args, &q, &q_integrations, limit)? {
+                return Ok(page(found, limit, |c| &c.id));
+            }
+            let mut alternatives = Vec::new();
+            let mut args = base_args;
+            if q.chars().count() >= 3 {
+                alternatives.push(
+                    "c.seq IN (SELECT rowid FROM credentials_fts WHERE credentials_fts MATCH ?)"
+                        .to_string(),
+                );
+                args.push(fts_phrase(&q).into());
+            } else {
+                alternatives.push("instr(lower(c.name), ?) > 0".to_string());
+                args.push(q.to_lowercase().into());
+            }
+            if !q_integrations.is_empty() {
+                alternatives.push(format!(
+                    "c.integration_id IN ({})",
+                    vec!["?"; q_integrations.len()].join(", ")
+                ));
+                args.extend(q_integrations.iter().map(|i| Value::from(i.clone())));
+            }
+            let sql = format!(
+                "SELECT {CREDENTIAL_COLUMNS} FROM credentials c WHERE {base} AND ({}) ORDER BY c.id DESC LIMIT ?",
+                alternatives.join(" OR ")
+            );
+            args.push((limit as i64 + 1).into());
+            Ok(page(query_credentials(c, &sql, args)?, limit, |c| &c.id))
         })
         .await
     }
@@ -664,6 +675,62 @@ impl Store for SqliteStore {
     }
 }
 
+/// How many of the newest rows a search looks at before it asks the index.
+const SEARCH_WINDOW: i64 = 2000;
+
+fn query_credentials(c: &Connection, sql: &str, args: Vec<Value>) -> Result<Vec<CredentialRecord>> {
+    let mut s = c.prepare_cached(sql).map_err(backend)?;
+    let rows = s
+        .query_map(rusqlite::params_from_iter(args), credential_from_row)
+        .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
+        .map_err(backend)?;
+    Ok(rows)
+}
+
+/// Scans the newest `SEARCH_WINDOW` rows (names and integrations only) for
+/// matches. Answers the page when the window holds a full page of matches or
+/// is the whole remaining list; `None` when the index must decide.
+fn search_window(
+    c: &Connection,
+    base: &str,
+    base_args: &[Value],
+    q: &str,
+    q_integrations: &[String],
+    limit: usize,
+) -> Result<Option<Vec<CredentialRecord>>> {
+    let needle = q.to_lowercase();
+    let sql = format!(
+        "SELECT c.seq, c.name, c.integration_id FROM credentials c WHERE {base} ORDER BY c.id DESC LIMIT ?"
+    );
+    let mut args = base_args.to_vec();
+    args.push(SEARCH_WINDOW.into());
+    let mut s = c.prepare_cached(&sql).map_err(backend)?;
+    let mut rows = s.query(rusqlite::params_from_iter(args)).map_err(backend)?;
+    let (mut seen, mut hits) = (0i64, Vec::new());
+    while let Some(r) = rows.next().map_err(backend)? {
+        seen += 1;
+        let name: String = r.get(1).map_err(backend)?;
+        let integration: String = r.get(2).map_err(backend)?;
+        if name.to_lowercase().contains(&needle) || q_integrations.contains(&integration) {
+            hits.push(r.get::<_, i64>(0).map_err(backend)?);
+            if hits.len() > limit {
+                break;
+            }
+        }
+    }
+    if hits.len() <= limit && seen == SEARCH_WINDOW {
+        return Ok(None);
+    }
+    if hits.is_empty() {
+        return Ok(Some(Vec::new()));
+    }
+    let sql = format!(
+        "SELECT {CREDENTIAL_COLUMNS} FROM credentials WHERE seq IN ({}) ORDER BY id DESC",
+        vec!["?"; hits.len()].join(", ")
+    );
+    query_credentials(c, &sql, hits.into_iter().map(Value::from).collect()).map(Some)
+}
+
 fn insert_token(c: &Connection, t: &TokenRecord) -> Result<()> {
     c.execute(
         "INSERT INTO tokens (id, tenant_id, name, role, hash, created_at, created_by, revoked_at)
@@ -692,4 +759,144 @@ fn get_credential(c: &Connection, tenant: &str, id: &str) -> Result<Option<Crede
             .optional()
     })
     .map_err(backend)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at() -> DateTime<Utc> {
+        Utc::now()
+    }
+
+    fn audit(tenant: &str, n: usize) -> AuditEntry {
+        AuditEntry {
+            id: format!("aud_{n:026}"),
+            tenant_id: tenant.into(),
+            actor_id: "test".into(),
+            actor_name: "test".into(),
+            action: "credential.create".into(),
+            target_type: "credential".into(),
+            target_id: format!("cred_{n:026}"),
+            at: at(),
+            source: None,
+            details: serde_json::json!({}),
+        }
+    }
+
+    fn credential(tenant: &str, n: usize, name: &str, integration: &str) -> CredentialRecord {
+        CredentialRecord {
+            id: format!("cred_{n:026}"),
+            tenant_id: tenant.into(),
+            name: name.into(),
+            description: String::new(),
+            integration_id: integration.into(),
+            auth_type: "api_key".into(),
+            services: Default::default(),
+            scopes: vec![],
+            params: Default::default(),
+            secret_fields: vec![],
+            status: "unverified".into(),
+            status_message: None,
+            checked_at: None,
+            version: 1,
+            kek_id: "kek_test".into(),
+            wrapped_dek: vec![1, 2, 3],
+            created_at: at(),
+            created_by: "test".into(),
+            updated_at: at(),
+            updated_by: "test".into(),
+        }
+    }
+
+    async fn names(
+        store: &SqliteStore,
+        q: &str,
+        integrations: &[&str],
+        limit: usize,
+    ) -> Vec<String> {
+        let filter = CredentialFilter {
+            q: Some(q.into()),
+            q_integrations: integrations.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        };
+        let mut out = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let page = store
+                .list_credentials(
+                    "ten_a",
+                    &filter,
+                    PageRequest {
+                        limit,
+                        after: after.as_deref(),
+                    },
+                )
+                .await
+                .unwrap();
+            out.extend(page.items.into_iter().map(|c| c.name));
+            match page.next_cursor {
+                Some(c) => after = Some(c),
+                None => return out,
+            }
+        }
+    }
+
+    /// Enough rows that a search must leave the window of newest rows and
+    /// use the index (or the scan for short queries) to find old matches.
+    #[tokio::test]
+    async fn search_finds_matches_beyond_the_window_of_newest_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("t.db")).unwrap();
+        let tenant = TenantRecord {
+            id: "ten_a".into(),
+            name: "a".into(),
+            is_operator: true,
+            created_at: at(),
+        };
+        let token = TokenRecord {
+            id: "tok_a".into(),
+            tenant_id: "ten_a".into(),
+            name: "t".into(),
+            role: "admin".into(),
+            hash: [0; 32],
+            created_at: at(),
+            created_by: "test".into(),
+            revoked_at: None,
+        };
+        store.create_tenant(tenant, token, None).await.unwrap();
+        let total = SEARCH_WINDOW as usize + 500;
+        for n in 0..total {
+            let (name, integration) = match n {
+                3 => ("Needle Billing".to_string(), "stripe"),
+                4 => ("Xy old".to_string(), "github"),
+                5 => ("Rare app".to_string(), "zendesk"),
+                _ => (format!("Bulk {n}"), "github"),
+            };
+            store
+                .insert_credential(
+                    credential("ten_a", n, &name, integration),
+                    vec![],
+                    audit("ten_a", n),
+                )
+                .await
+                .unwrap();
+        }
+        // Sparse matches, older than the window: through the trigram index.
+        assert_eq!(names(&store, "needle", &[], 50).await, ["Needle Billing"]);
+        assert_eq!(
+            names(&store, "EEDLE BILL", &[], 50).await,
+            ["Needle Billing"]
+        );
+        // Short queries scan.
+        assert_eq!(names(&store, "xy", &[], 50).await, ["Xy old"]);
+        // The app's name matches through its integration id.
+        assert_eq!(names(&store, "zen", &["zendesk"], 50).await, ["Rare app"]);
+        // Dense matches: the window answers, and paging still sees each row once.
+        let bulk = names(&store, "bulk", &[], 200).await;
+        assert_eq!(bulk.len(), total - 3);
+        let unique: std::collections::BTreeSet<_> = bulk.iter().collect();
+        assert_eq!(unique.len(), bulk.len());
+        assert_eq!(bulk[0], format!("Bulk {}", total - 1), "newest first");
+    }
 }
