@@ -8,6 +8,7 @@ use regex::Regex;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use crate::spec::ServiceSpec;
 use crate::{AuthType, ServiceRole};
 
 include!(concat!(env!("OUT_DIR"), "/catalog_files.rs"));
@@ -114,7 +115,7 @@ impl RoleDefaults {
 }
 
 /// One app of the catalog.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Integration {
     pub id: String,
@@ -186,7 +187,7 @@ impl Integration {
 }
 
 /// A named implementation of one role.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ServiceDef {
     pub id: String,
@@ -197,6 +198,8 @@ pub struct ServiceDef {
     /// Integrations this service fits; `["*"]` means any.
     #[serde(default)]
     pub integrations: Vec<String>,
+    /// What the service does.
+    pub spec: ServiceSpec,
 }
 
 impl ServiceDef {
@@ -251,6 +254,13 @@ impl Catalog {
             };
             if !Regex::new(ID_RE).unwrap().is_match(&s.id) {
                 return Err(err(format!("service id {:?} must match {ID_RE}", s.id)));
+            }
+            if let Err(errors) = s.spec.check(s.role) {
+                let text: Vec<String> = errors
+                    .iter()
+                    .map(|e| format!("{}: {}", e.field, e.message))
+                    .collect();
+                return Err(err(format!("service {:?}: {}", s.id, text.join("; "))));
             }
             if services.insert(s.id.clone(), s.clone()).is_some() {
                 return Err(err(format!("service id {:?} is declared twice", s.id)));
@@ -493,7 +503,7 @@ mod tests {
 
     #[test]
     fn a_default_service_of_the_wrong_role_is_refused() {
-        let services = "services = [{ id = \"identity\", name = \"Identity\", role = \"user_id_mapper\", integrations = [\"*\"] }]";
+        let services = "services = [{ id = \"identity\", name = \"Identity\", role = \"user_id_mapper\", integrations = [\"*\"], spec = { kind = \"identity\" } }]";
         let integration = r#"
             id = "demo"
             name = "Demo"

@@ -8,7 +8,7 @@ use std::sync::LazyLock;
 use regex::Regex;
 use secrecy::{ExposeSecret, SecretString};
 
-use crate::{AuthType, Catalog, FieldError, Integration, ServiceRole};
+use crate::{AuthType, Catalog, FieldError, Integration, ServiceDef, ServiceRole};
 
 pub const MAX_NAME: usize = 100;
 pub const MAX_DESCRIPTION: usize = 2000;
@@ -70,10 +70,12 @@ fn is_control_free(s: &str) -> bool {
     !s.chars().any(|c| c.is_control())
 }
 
-/// Checks a draft against the catalog. `stored_secrets` names the secret
-/// fields the credential already has (empty on create).
+/// Checks a draft against the catalog and the tenant's own services.
+/// `stored_secrets` names the secret fields the credential already has
+/// (empty on create).
 pub fn check(
     catalog: &Catalog,
+    custom_services: &[ServiceDef],
     draft: Draft,
     stored_secrets: &BTreeSet<String>,
 ) -> Result<CheckedDraft, Vec<FieldError>> {
@@ -160,7 +162,10 @@ pub fn check(
             ));
             continue;
         };
-        match catalog.service(service_id) {
+        let found = catalog
+            .service(service_id)
+            .or_else(|| custom_services.iter().find(|s| &s.id == service_id));
+        match found {
             None => errors.push(FieldError::new(
                 field,
                 "unknown",
@@ -301,11 +306,11 @@ pub fn check(
                     v.expose_secret(),
                 ) {
                     errors.push(e);
-                } else if p.key == BASE_URL_PARAM && !is_https_url(v.expose_secret()) {
+                } else if p.key == BASE_URL_PARAM && !is_http_url(v.expose_secret()) {
                     errors.push(FieldError::new(
                         field,
                         "invalid",
-                        "base_url must be an https:// URL.",
+                        "base_url must be an https:// URL (plain http only to hosts the operator allows).",
                     ));
                 }
                 if secret {
@@ -348,8 +353,11 @@ pub fn check(
     })
 }
 
-fn is_https_url(s: &str) -> bool {
-    s.strip_prefix("https://").is_some_and(|rest| {
+fn is_http_url(s: &str) -> bool {
+    let rest = s
+        .strip_prefix("https://")
+        .or_else(|| s.strip_prefix("http://"));
+    rest.is_some_and(|rest| {
         let host = rest.split(['/', '?', '#']).next().unwrap_or("");
         !host.is_empty() && !host.contains('@') && !host.contains(char::is_whitespace)
     })
@@ -447,7 +455,7 @@ mod tests {
     #[test]
     fn a_good_draft_takes_the_integration_defaults() {
         let catalog = Catalog::builtin().unwrap();
-        let checked = check(&catalog, twilio_draft(), &BTreeSet::new()).unwrap();
+        let checked = check(&catalog, &[], twilio_draft(), &BTreeSet::new()).unwrap();
         assert_eq!(
             checked.services[&ServiceRole::WebhookEventVerification],
             "twilio.signature"
@@ -470,7 +478,7 @@ mod tests {
         });
         d.services
             .insert("webhook_parser".into(), "twilio.signature".into());
-        let errors = check(&catalog, d, &BTreeSet::new()).unwrap_err();
+        let errors = check(&catalog, &[], d, &BTreeSet::new()).unwrap_err();
         let fields: Vec<_> = errors
             .iter()
             .map(|e| (e.field.as_str(), e.code.as_str()))
@@ -497,7 +505,7 @@ mod tests {
             value: Some(secret(&"f".repeat(32))),
             secret: false,
         });
-        let checked = check(&catalog, d, &BTreeSet::new()).unwrap();
+        let checked = check(&catalog, &[], d, &BTreeSet::new()).unwrap();
         assert!(checked.new_secrets.contains_key("webhook_secret"));
         assert!(!checked.plain_params.contains_key("webhook_secret"));
     }
@@ -507,25 +515,51 @@ mod tests {
         let catalog = Catalog::builtin().unwrap();
         let mut d = twilio_draft();
         d.api_key = None;
-        let errors = check(&catalog, d, &BTreeSet::new()).unwrap_err();
+        let errors = check(&catalog, &[], d, &BTreeSet::new()).unwrap_err();
         assert_eq!(errors[0].field, "api_key");
         let mut d = twilio_draft();
         d.api_key = None;
         let stored = BTreeSet::from(["api_key".to_string()]);
-        let checked = check(&catalog, d, &stored).unwrap();
+        let checked = check(&catalog, &[], d, &stored).unwrap();
         assert!(checked.kept_secrets.contains("api_key"));
     }
 
     #[test]
     fn base_url_override_only_where_the_integration_allows_it() {
         let catalog = Catalog::builtin().unwrap();
+        let github = Draft {
+            name: "gh".into(),
+            description: String::new(),
+            integration: "github".into(),
+            auth_type: "api_key".into(),
+            services: BTreeMap::new(),
+            api_key: Some(secret(&format!("ghp_{}", "a".repeat(36)))),
+            scopes: vec![],
+            params: vec![ParamInput {
+                key: "base_url".into(),
+                value: Some(secret("https://127.0.0.1:9")),
+                secret: false,
+            }],
+        };
+        let errors = check(&catalog, &[], github, &BTreeSet::new()).unwrap_err();
+        assert_eq!(errors[0].code, "not_allowed");
+        // Twilio allows regional edges.
         let mut d = twilio_draft();
         d.params.push(ParamInput {
             key: "base_url".into(),
-            value: Some(secret("https://127.0.0.1:9")),
+            value: Some(secret("https://api.dublin.ie1.twilio.com")),
             secret: false,
         });
-        let errors = check(&catalog, d, &BTreeSet::new()).unwrap_err();
-        assert_eq!(errors[0].code, "not_allowed");
+        assert!(check(&catalog, &[], d, &BTreeSet::new()).is_ok());
+        let mut d = twilio_draft();
+        d.params.push(ParamInput {
+            key: "base_url".into(),
+            value: Some(secret("ftp://x")),
+            secret: false,
+        });
+        assert_eq!(
+            check(&catalog, &[], d, &BTreeSet::new()).unwrap_err()[0].code,
+            "invalid"
+        );
     }
 }

@@ -6,6 +6,7 @@
 pub mod catalog;
 pub mod credential;
 pub mod ids;
+pub mod spec;
 
 use std::fmt;
 
