@@ -28,6 +28,9 @@ pub enum StoreError {
     VersionMismatch { current: i64 },
     #[error("already exists")]
     Conflict,
+    /// The record is used by these credentials (ids and names).
+    #[error("in use by {} credentials", .0.len())]
+    InUse(Vec<(String, String)>),
     #[error("storage failure: {0}")]
     Backend(String),
 }
@@ -145,6 +148,65 @@ pub struct AuditEntry {
     pub details: serde_json::Value,
 }
 
+/// A tenant's own service.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServiceRecord {
+    pub id: String,
+    pub tenant_id: String,
+    pub name: String,
+    pub role: String,
+    pub description: String,
+    pub integrations: Vec<String>,
+    pub spec: serde_json::Value,
+    pub version: i64,
+    pub created_at: DateTime<Utc>,
+    pub created_by: String,
+    pub updated_at: DateTime<Utc>,
+    pub updated_by: String,
+}
+
+/// One received webhook or action callback, normalised.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EventRecord {
+    pub id: String,
+    pub tenant_id: String,
+    pub credential_id: String,
+    /// `webhook` or `action`.
+    pub kind: String,
+    pub valid_request: bool,
+    pub app_user_id: Option<String>,
+    pub user_id: Option<String>,
+    pub event_type: String,
+    pub delivery_id: Option<String>,
+    pub payload: serde_json::Value,
+    pub received_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct EventFilter {
+    pub credential_id: Option<String>,
+    pub kind: Option<String>,
+    pub event_type: Option<String>,
+    pub user_id: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserMapping {
+    pub app_user_id: String,
+    pub user_id: String,
+    pub created_at: DateTime<Utc>,
+}
+
+/// An ingress counter increment: credential, kind, outcome, amount.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CounterDelta {
+    pub credential_id: String,
+    pub kind: String,
+    /// `accepted`, `duplicate`, `unmapped_user` or `rejected:<reason>`.
+    pub outcome: String,
+    pub count: u64,
+}
+
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Reads a value of the installation's metadata (e.g. the key check).
@@ -201,4 +263,77 @@ pub trait Store: Send + Sync + 'static {
     async fn delete_credential(&self, tenant: &str, id: &str, audit: AuditEntry) -> Result<()>;
 
     async fn list_audit(&self, tenant: &str, page: PageRequest<'_>) -> Result<Page<AuditEntry>>;
+
+    /// Records the result of a token validation (not a change of the
+    /// credential's definition, so the version stays).
+    async fn set_credential_status(
+        &self,
+        tenant: &str,
+        id: &str,
+        status: &str,
+        message: &str,
+        checked_at: DateTime<Utc>,
+        audit: AuditEntry,
+    ) -> Result<()>;
+    /// A credential and its sealed secrets by id alone, for ingress (the URL
+    /// names no tenant).
+    async fn get_sealed_by_id(
+        &self,
+        id: &str,
+    ) -> Result<Option<(CredentialRecord, Vec<SealedSecret>)>>;
+
+    async fn create_service(&self, service: ServiceRecord, audit: AuditEntry) -> Result<()>;
+    async fn get_service(&self, tenant: &str, id: &str) -> Result<Option<ServiceRecord>>;
+    async fn list_services(&self, tenant: &str) -> Result<Vec<ServiceRecord>>;
+    /// Replaces a service; refused with [`StoreError::InUse`] while credentials
+    /// use it, unless `force`.
+    async fn update_service(
+        &self,
+        service: ServiceRecord,
+        expected_version: i64,
+        force: bool,
+        audit: AuditEntry,
+    ) -> Result<()>;
+    /// Deletes a service; refused with [`StoreError::InUse`] while credentials use it.
+    async fn delete_service(&self, tenant: &str, id: &str, audit: AuditEntry) -> Result<()>;
+
+    /// Stores an event unless one with the same delivery id exists for the
+    /// credential and kind; true when stored. Durable when it returns.
+    async fn insert_event(&self, event: EventRecord) -> Result<bool>;
+    async fn get_event(&self, tenant: &str, id: &str) -> Result<Option<EventRecord>>;
+    async fn list_events(
+        &self,
+        tenant: &str,
+        filter: &EventFilter,
+        page: PageRequest<'_>,
+    ) -> Result<Page<EventRecord>>;
+
+    async fn put_user_mapping(
+        &self,
+        tenant: &str,
+        credential: &str,
+        mapping: UserMapping,
+        audit: AuditEntry,
+    ) -> Result<()>;
+    async fn delete_user_mapping(
+        &self,
+        tenant: &str,
+        credential: &str,
+        app_user_id: &str,
+        audit: AuditEntry,
+    ) -> Result<()>;
+    async fn list_user_mappings(
+        &self,
+        tenant: &str,
+        credential: &str,
+        page: PageRequest<'_>,
+    ) -> Result<Page<UserMapping>>;
+    async fn find_user_mapping(
+        &self,
+        credential: &str,
+        app_user_id: &str,
+    ) -> Result<Option<String>>;
+
+    async fn add_counters(&self, deltas: Vec<CounterDelta>) -> Result<()>;
+    async fn counters(&self, credential: &str) -> Result<Vec<CounterDelta>>;
 }

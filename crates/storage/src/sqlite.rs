@@ -14,7 +14,10 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use crate::*;
 
-const MIGRATIONS: &[&str] = &[include_str!("../migrations/sqlite/0001_init.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("../migrations/sqlite/0001_init.sql"),
+    include_str!("../migrations/sqlite/0002_services_events.sql"),
+];
 /// Most jobs one commit takes; bounds a commit's latency under a flood.
 const MAX_BATCH: usize = 512;
 const READERS: usize = 4;
@@ -499,15 +502,10 @@ impl Store for SqliteStore {
     ) -> Result<Option<(CredentialRecord, Vec<SealedSecret>)>> {
         let (tenant, id) = (tenant.to_string(), id.to_string());
         self.read(move |c| {
-            let Some(rec) = get_credential(c, &tenant, &id)? else { return Ok(None) };
-            let mut s = c
-                .prepare_cached("SELECT field, sealed FROM credential_secrets WHERE credential_id = ?1 ORDER BY field")
-                .map_err(backend)?;
-            let secrets = s
-                .query_map([&id], |r| Ok(SealedSecret { field: r.get(0)?, sealed: r.get(1)? }))
-                .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
-                .map_err(backend)?;
-            Ok(Some((rec, secrets)))
+            let Some(rec) = get_credential(c, &tenant, &id)? else {
+                return Ok(None);
+            };
+            Ok(Some((rec, sealed_secrets(c, &id)?)))
         })
         .await
     }
@@ -638,6 +636,13 @@ impl Store for SqliteStore {
             if n == 0 {
                 return Err(StoreError::NotFound);
             }
+            c.execute("DELETE FROM events WHERE credential_id = ?1", [&id])
+                .map_err(backend)?;
+            c.execute(
+                "DELETE FROM ingress_counters WHERE credential_id = ?1",
+                [&id],
+            )
+            .map_err(backend)?;
             write_audit(c, &audit)
         })
         .await
@@ -672,6 +677,481 @@ impl Store for SqliteStore {
             Ok(page(items, limit, |a| &a.id))
         })
         .await
+    }
+
+    async fn set_credential_status(
+        &self,
+        tenant: &str,
+        id: &str,
+        status: &str,
+        message: &str,
+        checked_at: DateTime<Utc>,
+        audit: AuditEntry,
+    ) -> Result<()> {
+        let (tenant, id, status, message) = (
+            tenant.to_string(),
+            id.to_string(),
+            status.to_string(),
+            message.to_string(),
+        );
+        self.write(move |c| {
+            let n = c
+                .execute(
+                    "UPDATE credentials SET status = ?3, status_message = ?4, checked_at = ?5
+                     WHERE tenant_id = ?1 AND id = ?2",
+                    params![tenant, id, status, message, ms(checked_at)],
+                )
+                .map_err(backend)?;
+            if n == 0 {
+                return Err(StoreError::NotFound);
+            }
+            write_audit(c, &audit)
+        })
+        .await
+    }
+
+    async fn get_sealed_by_id(
+        &self,
+        id: &str,
+    ) -> Result<Option<(CredentialRecord, Vec<SealedSecret>)>> {
+        let id = id.to_string();
+        self.read(move |c| {
+            let rec = c
+                .prepare_cached(&format!(
+                    "SELECT {CREDENTIAL_COLUMNS} FROM credentials WHERE id = ?1"
+                ))
+                .and_then(|mut s| s.query_row([&id], credential_from_row).optional())
+                .map_err(backend)?;
+            let Some(rec) = rec else { return Ok(None) };
+            let secrets = sealed_secrets(c, &id)?;
+            Ok(Some((rec, secrets)))
+        })
+        .await
+    }
+
+    async fn create_service(&self, svc: ServiceRecord, audit: AuditEntry) -> Result<()> {
+        self.write(move |c| {
+            service_name_clash(c, &svc)?;
+            c.execute(
+                &format!("INSERT INTO services ({SERVICE_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"),
+                params![
+                    svc.id, svc.tenant_id, svc.name, svc.role, svc.description, json(&svc.integrations),
+                    svc.spec.to_string(), svc.version, ms(svc.created_at), svc.created_by,
+                    ms(svc.updated_at), svc.updated_by
+                ],
+            )
+            .map_err(backend)?;
+            write_audit(c, &audit)
+        })
+        .await
+    }
+
+    async fn get_service(&self, tenant: &str, id: &str) -> Result<Option<ServiceRecord>> {
+        let (tenant, id) = (tenant.to_string(), id.to_string());
+        self.read(move |c| {
+            c.prepare_cached(&format!(
+                "SELECT {SERVICE_COLUMNS} FROM services WHERE tenant_id = ?1 AND id = ?2"
+            ))
+            .and_then(|mut s| s.query_row([&tenant, &id], service_from_row).optional())
+            .map_err(backend)
+        })
+        .await
+    }
+
+    async fn list_services(&self, tenant: &str) -> Result<Vec<ServiceRecord>> {
+        let tenant = tenant.to_string();
+        self.read(move |c| {
+            let mut s = c
+                .prepare_cached(&format!(
+                    "SELECT {SERVICE_COLUMNS} FROM services WHERE tenant_id = ?1 ORDER BY id DESC"
+                ))
+                .map_err(backend)?;
+            let rows = s
+                .query_map([&tenant], service_from_row)
+                .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
+                .map_err(backend)?;
+            Ok(rows)
+        })
+        .await
+    }
+
+    async fn update_service(
+        &self,
+        svc: ServiceRecord,
+        expected_version: i64,
+        force: bool,
+        audit: AuditEntry,
+    ) -> Result<()> {
+        self.write(move |c| {
+            let current: Option<i64> = c
+                .query_row(
+                    "SELECT version FROM services WHERE tenant_id = ?1 AND id = ?2",
+                    params![svc.tenant_id, svc.id],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(backend)?;
+            match current {
+                None => return Err(StoreError::NotFound),
+                Some(v) if v != expected_version => {
+                    return Err(StoreError::VersionMismatch { current: v })
+                }
+                Some(_) => {}
+            }
+            if !force {
+                let users = credentials_using(c, &svc.tenant_id, &svc.id)?;
+                if !users.is_empty() {
+                    return Err(StoreError::InUse(users));
+                }
+            }
+            service_name_clash(c, &svc)?;
+            c.execute(
+                "UPDATE services SET name = ?3, description = ?4, integrations = ?5, spec = ?6, version = ?7,
+                   updated_at = ?8, updated_by = ?9 WHERE tenant_id = ?1 AND id = ?2",
+                params![
+                    svc.tenant_id, svc.id, svc.name, svc.description, json(&svc.integrations),
+                    svc.spec.to_string(), svc.version, ms(svc.updated_at), svc.updated_by
+                ],
+            )
+            .map_err(backend)?;
+            write_audit(c, &audit)
+        })
+        .await
+    }
+
+    async fn delete_service(&self, tenant: &str, id: &str, audit: AuditEntry) -> Result<()> {
+        let (tenant, id) = (tenant.to_string(), id.to_string());
+        self.write(move |c| {
+            let users = credentials_using(c, &tenant, &id)?;
+            if !users.is_empty() {
+                return Err(StoreError::InUse(users));
+            }
+            let n = c
+                .execute(
+                    "DELETE FROM services WHERE tenant_id = ?1 AND id = ?2",
+                    params![tenant, id],
+                )
+                .map_err(backend)?;
+            if n == 0 {
+                return Err(StoreError::NotFound);
+            }
+            write_audit(c, &audit)
+        })
+        .await
+    }
+
+    async fn insert_event(&self, e: EventRecord) -> Result<bool> {
+        self.write(move |c| {
+            let n = c
+                .prepare_cached(&format!(
+                    "INSERT INTO events ({EVENT_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
+                     ON CONFLICT (credential_id, kind, delivery_id) WHERE delivery_id IS NOT NULL DO NOTHING"
+                ))
+                .and_then(|mut s| {
+                    s.execute(params![
+                        e.id, e.tenant_id, e.credential_id, e.kind, e.valid_request, e.app_user_id,
+                        e.user_id, e.event_type, e.delivery_id, e.payload.to_string(), ms(e.received_at)
+                    ])
+                })
+                .map_err(backend)?;
+            Ok(n == 1)
+        })
+        .await
+    }
+
+    async fn get_event(&self, tenant: &str, id: &str) -> Result<Option<EventRecord>> {
+        let (tenant, id) = (tenant.to_string(), id.to_string());
+        self.read(move |c| {
+            c.prepare_cached(&format!(
+                "SELECT {EVENT_COLUMNS} FROM events WHERE tenant_id = ?1 AND id = ?2"
+            ))
+            .and_then(|mut s| s.query_row([&tenant, &id], event_from_row).optional())
+            .map_err(backend)
+        })
+        .await
+    }
+
+    async fn list_events(
+        &self,
+        tenant: &str,
+        f: &EventFilter,
+        p: PageRequest<'_>,
+    ) -> Result<Page<EventRecord>> {
+        let mut sql = format!("SELECT {EVENT_COLUMNS} FROM events WHERE tenant_id = ?");
+        let mut args: Vec<Value> = vec![tenant.to_string().into()];
+        for (column, value) in [
+            ("credential_id", &f.credential_id),
+            ("kind", &f.kind),
+            ("event_type", &f.event_type),
+            ("user_id", &f.user_id),
+        ] {
+            if let Some(v) = value {
+                sql.push_str(&format!(" AND {column} = ?"));
+                args.push(v.clone().into());
+            }
+        }
+        if let Some(after) = p.after {
+            sql.push_str(" AND id < ?");
+            args.push(after.to_string().into());
+        }
+        sql.push_str(" ORDER BY id DESC LIMIT ?");
+        args.push((p.limit as i64 + 1).into());
+        let limit = p.limit;
+        self.read(move |c| {
+            let mut s = c.prepare_cached(&sql).map_err(backend)?;
+            let items = s
+                .query_map(rusqlite::params_from_iter(args), event_from_row)
+                .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
+                .map_err(backend)?;
+            Ok(page(items, limit, |e| &e.id))
+        })
+        .await
+    }
+
+    async fn put_user_mapping(
+        &self,
+        tenant: &str,
+        credential: &str,
+        m: UserMapping,
+        audit: AuditEntry,
+    ) -> Result<()> {
+        let (tenant, credential) = (tenant.to_string(), credential.to_string());
+        self.write(move |c| {
+            owned_credential(c, &tenant, &credential)?;
+            c.execute(
+                "INSERT INTO user_mappings (credential_id, app_user_id, user_id, created_at) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (credential_id, app_user_id) DO UPDATE SET user_id = excluded.user_id",
+                params![credential, m.app_user_id, m.user_id, ms(m.created_at)],
+            )
+            .map_err(backend)?;
+            write_audit(c, &audit)
+        })
+        .await
+    }
+
+    async fn delete_user_mapping(
+        &self,
+        tenant: &str,
+        credential: &str,
+        app_user_id: &str,
+        audit: AuditEntry,
+    ) -> Result<()> {
+        let (tenant, credential, app_user_id) = (
+            tenant.to_string(),
+            credential.to_string(),
+            app_user_id.to_string(),
+        );
+        self.write(move |c| {
+            owned_credential(c, &tenant, &credential)?;
+            let n = c
+                .execute(
+                    "DELETE FROM user_mappings WHERE credential_id = ?1 AND app_user_id = ?2",
+                    params![credential, app_user_id],
+                )
+                .map_err(backend)?;
+            if n == 0 {
+                return Err(StoreError::NotFound);
+            }
+            write_audit(c, &audit)
+        })
+        .await
+    }
+
+    async fn list_user_mappings(
+        &self,
+        tenant: &str,
+        credential: &str,
+        p: PageRequest<'_>,
+    ) -> Result<Page<UserMapping>> {
+        let (tenant, credential) = (tenant.to_string(), credential.to_string());
+        let (limit, after) = (p.limit, p.after.map(str::to_string));
+        self.read(move |c| {
+            owned_credential(c, &tenant, &credential)?;
+            let mut s = c
+                .prepare_cached(
+                    "SELECT app_user_id, user_id, created_at FROM user_mappings
+                     WHERE credential_id = ?1 AND (?2 IS NULL OR app_user_id > ?2)
+                     ORDER BY app_user_id LIMIT ?3",
+                )
+                .map_err(backend)?;
+            let items = s
+                .query_map(params![credential, after, limit as i64 + 1], |r| {
+                    Ok(UserMapping {
+                        app_user_id: r.get(0)?,
+                        user_id: r.get(1)?,
+                        created_at: from_ms(r.get(2)?),
+                    })
+                })
+                .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
+                .map_err(backend)?;
+            Ok(page(items, limit, |m| &m.app_user_id))
+        })
+        .await
+    }
+
+    async fn find_user_mapping(
+        &self,
+        credential: &str,
+        app_user_id: &str,
+    ) -> Result<Option<String>> {
+        let (credential, app_user_id) = (credential.to_string(), app_user_id.to_string());
+        self.read(move |c| {
+            c.prepare_cached(
+                "SELECT user_id FROM user_mappings WHERE credential_id = ?1 AND app_user_id = ?2",
+            )
+            .and_then(|mut s| {
+                s.query_row([&credential, &app_user_id], |r| r.get(0))
+                    .optional()
+            })
+            .map_err(backend)
+        })
+        .await
+    }
+
+    async fn add_counters(&self, deltas: Vec<CounterDelta>) -> Result<()> {
+        self.write(move |c| {
+            let mut s = c
+                .prepare_cached(
+                    "INSERT INTO ingress_counters (credential_id, kind, outcome, count) VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT (credential_id, kind, outcome) DO UPDATE SET count = count + excluded.count",
+                )
+                .map_err(backend)?;
+            for d in &deltas {
+                s.execute(params![d.credential_id, d.kind, d.outcome, d.count as i64])
+                    .map_err(backend)?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn counters(&self, credential: &str) -> Result<Vec<CounterDelta>> {
+        let credential = credential.to_string();
+        self.read(move |c| {
+            let mut s = c
+                .prepare_cached(
+                    "SELECT credential_id, kind, outcome, count FROM ingress_counters
+                     WHERE credential_id = ?1 ORDER BY kind, outcome",
+                )
+                .map_err(backend)?;
+            let rows = s
+                .query_map([&credential], |r| {
+                    Ok(CounterDelta {
+                        credential_id: r.get(0)?,
+                        kind: r.get(1)?,
+                        outcome: r.get(2)?,
+                        count: r.get::<_, i64>(3)? as u64,
+                    })
+                })
+                .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
+                .map_err(backend)?;
+            Ok(rows)
+        })
+        .await
+    }
+}
+
+const SERVICE_COLUMNS: &str = "id, tenant_id, name, role, description, integrations, spec, version,
+    created_at, created_by, updated_at, updated_by";
+
+fn service_from_row(r: &Row) -> rusqlite::Result<ServiceRecord> {
+    Ok(ServiceRecord {
+        id: r.get(0)?,
+        tenant_id: r.get(1)?,
+        name: r.get(2)?,
+        role: r.get(3)?,
+        description: r.get(4)?,
+        integrations: parse_json(r.get(5)?)?,
+        spec: parse_json(r.get(6)?)?,
+        version: r.get(7)?,
+        created_at: from_ms(r.get(8)?),
+        created_by: r.get(9)?,
+        updated_at: from_ms(r.get(10)?),
+        updated_by: r.get(11)?,
+    })
+}
+
+const EVENT_COLUMNS: &str =
+    "id, tenant_id, credential_id, kind, valid_request, app_user_id, user_id,
+    event_type, delivery_id, payload, received_at";
+
+fn event_from_row(r: &Row) -> rusqlite::Result<EventRecord> {
+    Ok(EventRecord {
+        id: r.get(0)?,
+        tenant_id: r.get(1)?,
+        credential_id: r.get(2)?,
+        kind: r.get(3)?,
+        valid_request: r.get(4)?,
+        app_user_id: r.get(5)?,
+        user_id: r.get(6)?,
+        event_type: r.get(7)?,
+        delivery_id: r.get(8)?,
+        payload: parse_json(r.get(9)?)?,
+        received_at: from_ms(r.get(10)?),
+    })
+}
+
+fn sealed_secrets(c: &Connection, credential: &str) -> Result<Vec<SealedSecret>> {
+    let mut s = c
+        .prepare_cached(
+            "SELECT field, sealed FROM credential_secrets WHERE credential_id = ?1 ORDER BY field",
+        )
+        .map_err(backend)?;
+    let rows = s
+        .query_map([credential], |r| {
+            Ok(SealedSecret {
+                field: r.get(0)?,
+                sealed: r.get(1)?,
+            })
+        })
+        .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
+        .map_err(backend)?;
+    Ok(rows)
+}
+
+/// The credentials of a tenant that use a service, as (id, name).
+fn credentials_using(c: &Connection, tenant: &str, service: &str) -> Result<Vec<(String, String)>> {
+    let mut s = c
+        .prepare_cached(
+            "SELECT id, name FROM credentials
+             WHERE tenant_id = ?1 AND EXISTS (SELECT 1 FROM json_each(services) WHERE value = ?2)
+             ORDER BY id",
+        )
+        .map_err(backend)?;
+    let rows = s
+        .query_map([tenant, service], |r| Ok((r.get(0)?, r.get(1)?)))
+        .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
+        .map_err(backend)?;
+    Ok(rows)
+}
+
+fn service_name_clash(c: &Connection, svc: &ServiceRecord) -> Result<()> {
+    let clash: Option<String> = c
+        .query_row(
+            "SELECT id FROM services WHERE tenant_id = ?1 AND lower(name) = lower(?2) AND id <> ?3",
+            params![svc.tenant_id, svc.name, svc.id],
+            |r| r.get(0),
+        )
+        .optional()
+        .map_err(backend)?;
+    match clash {
+        Some(id) => Err(StoreError::NameTaken(id)),
+        None => Ok(()),
+    }
+}
+
+/// NotFound unless the credential belongs to the tenant.
+fn owned_credential(c: &Connection, tenant: &str, credential: &str) -> Result<()> {
+    let found: bool = c
+        .prepare_cached(
+            "SELECT EXISTS (SELECT 1 FROM credentials WHERE tenant_id = ?1 AND id = ?2)",
+        )
+        .and_then(|mut s| s.query_row([tenant, credential], |r| r.get(0)))
+        .map_err(backend)?;
+    if found {
+        Ok(())
+    } else {
+        Err(StoreError::NotFound)
     }
 }
 
