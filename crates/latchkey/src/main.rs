@@ -40,6 +40,15 @@ struct ServeArgs {
     /// Base of the callback URLs (default http://{listen}).
     #[arg(long, env = "LATCHKEY_PUBLIC_URL")]
     public_url: Option<String>,
+    /// Hosts (`api.corp.test`, `*.corp.test`), addresses or networks
+    /// (`127.0.0.1`, `10.0.0.0/8`) outbound calls may reach beyond the
+    /// catalog's declared hosts, even when private or loopback. Repeatable;
+    /// comma-separated in the environment variable.
+    #[arg(long, env = "LATCHKEY_ALLOW_OUTBOUND", value_delimiter = ',')]
+    allow_outbound: Vec<String>,
+    /// Time limit of each outbound call, in seconds.
+    #[arg(long, default_value_t = 10, env = "LATCHKEY_OUTBOUND_TIMEOUT")]
+    outbound_timeout_secs: u64,
     /// Log format.
     #[arg(long, value_parser = ["text", "json"], default_value = "text", env = "LATCHKEY_LOG_FORMAT")]
     log_format: String,
@@ -63,10 +72,11 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .build()?;
     runtime.block_on(async move {
         let config = server::Config {
-            listen: args.listen,
-            data_dir: args.data_dir,
             public_url: args.public_url,
             master_key,
+            allow_outbound: args.allow_outbound,
+            outbound_timeout: std::time::Duration::from_secs(args.outbound_timeout_secs),
+            ..server::Config::new(args.listen, args.data_dir)
         };
         let (report, serving) = match server::start(config, shutdown_signal()).await {
             Ok(started) => started,

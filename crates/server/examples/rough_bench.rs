@@ -35,12 +35,7 @@ async fn main() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let (report, serving) = server::start(
-        server::Config {
-            listen: "127.0.0.1:0".parse()?,
-            data_dir: dir.path().to_path_buf(),
-            public_url: None,
-            master_key: None,
-        },
+        server::Config::new("127.0.0.1:0".parse()?, dir.path().to_path_buf()),
         async move {
             let _ = stopped.await;
         },

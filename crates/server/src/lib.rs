@@ -28,6 +28,25 @@ pub struct Config {
     pub public_url: Option<String>,
     /// `LATCHKEY_MASTER_KEY`, which overrides the key file.
     pub master_key: Option<SecretString>,
+    /// Hosts, addresses and networks outbound calls may reach beyond the
+    /// catalog's declared hosts, private and loopback ones included.
+    pub allow_outbound: Vec<String>,
+    /// Time limit of each outbound call (token validation).
+    pub outbound_timeout: Duration,
+}
+
+impl Config {
+    /// The defaults of `latchkey serve`, over a data dir.
+    pub fn new(listen: SocketAddr, data_dir: PathBuf) -> Config {
+        Config {
+            listen,
+            data_dir,
+            public_url: None,
+            master_key: None,
+            allow_outbound: Vec::new(),
+            outbound_timeout: Duration::from_secs(10),
+        }
+    }
 }
 
 /// What start-up did, for the banner. The admin token is in here once, on
@@ -109,24 +128,45 @@ pub async fn start(
         .unwrap_or_else(|| format!("http://{addr}"));
     let public_url = public_url.trim_end_matches('/').to_string();
     let key_id = kek.id().to_string();
-    let app = Arc::new(App {
-        store: Arc::new(store) as Arc<dyn Store>,
+    let policy =
+        services::validate::OutboundPolicy::new(&config.allow_outbound, config.outbound_timeout)
+            .map_err(anyhow::Error::msg)?;
+    let validator = services::validate::Validator::new(policy).map_err(anyhow::Error::msg)?;
+    let app = Arc::new(App::new(
+        Arc::new(store) as Arc<dyn Store>,
         kek,
-        catalog: domain::Catalog::builtin()?,
-        public_url: public_url.clone(),
-    });
+        domain::Catalog::builtin()?,
+        public_url.clone(),
+        validator,
+    ));
     let first_admin_token = app
         .bootstrap()
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?
         .map(|(_, token)| token);
-    let router = http::router(app);
-    let serve = axum::serve(
+    let flusher = tokio::spawn({
+        let app = app.clone();
+        async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                app.flush_counters().await;
+            }
+        }
+    });
+    let router = http::router(app.clone());
+    let serving = axum::serve(
         listener,
         router.into_make_service_with_connect_info::<SocketAddr>(),
     )
     .with_graceful_shutdown(shutdown)
     .into_future();
+    let serve = async move {
+        let result = serving.await;
+        flusher.abort();
+        app.flush_counters().await;
+        result
+    };
     let report = StartReport {
         addr,
         public_url,

@@ -46,12 +46,78 @@ fn not_found(e: StoreError) -> AppError {
 }
 
 impl App {
+    /// Every rule of a draft: the domain's, plus where its outbound calls
+    /// would go (a `base_url` the outbound policy refuses is a field error now,
+    /// not a failed call later).
+    async fn check_draft(
+        &self,
+        p: &Principal,
+        draft: Draft,
+        stored: &BTreeSet<String>,
+    ) -> AppResult<Result<CheckedDraft, Vec<FieldError>>> {
+        let custom = self.custom_services_named(p, &draft.services).await?;
+        let mut target_error = None;
+        if let Some(i) = self.catalog.integration(&draft.integration) {
+            let base_url = draft
+                .params
+                .iter()
+                .find(|p| p.key == credential::BASE_URL_PARAM);
+            if let Some(value) = base_url
+                .and_then(|p| p.value.as_ref())
+                .filter(|_| i.allow_base_url_override)
+            {
+                use secrecy::ExposeSecret;
+                let params = BTreeMap::from([(
+                    credential::BASE_URL_PARAM.to_string(),
+                    value.expose_secret().to_string(),
+                )]);
+                if let Err(m) = self.validator.target(i, &params) {
+                    target_error = Some(FieldError::new(
+                        "config_params.base_url",
+                        "host_not_allowed",
+                        m,
+                    ));
+                }
+            }
+        }
+        Ok(
+            match (
+                credential::check(&self.catalog, &custom, draft, stored),
+                target_error,
+            ) {
+                (Ok(checked), None) => Ok(checked),
+                (Ok(_), Some(e)) => Err(vec![e]),
+                (Err(errors), None) => Err(errors),
+                (Err(mut errors), Some(e)) => {
+                    errors.push(e);
+                    Err(errors)
+                }
+            },
+        )
+    }
+
+    /// The tenant's own services, fetched only when the draft names one.
+    async fn custom_services_named(
+        &self,
+        p: &Principal,
+        services: &BTreeMap<String, String>,
+    ) -> AppResult<Vec<domain::ServiceDef>> {
+        if services.values().any(|s| domain::ids::is_id("svc", s)) {
+            self.custom_services(&p.tenant_id).await
+        } else {
+            Ok(Vec::new())
+        }
+    }
+
     /// Checks a draft as create would, including the name's uniqueness, without saving.
     pub async fn check_credential(&self, p: &Principal, draft: Draft) -> AppResult<()> {
         p.require(Role::Developer, "A viewer cannot create credentials.")?;
         let name = draft.name.trim().to_string();
-        let result = credential::check(&self.catalog, draft, &BTreeSet::new());
-        let mut errors = result.err().unwrap_or_default();
+        let mut errors = self
+            .check_draft(p, draft, &BTreeSet::new())
+            .await?
+            .err()
+            .unwrap_or_default();
         if !name.is_empty() {
             if let Some(id) = self
                 .store
@@ -68,14 +134,52 @@ impl App {
         }
     }
 
+    /// Creates a credential; with `validate`, only after the provider accepted the key.
     pub async fn create_credential(
         &self,
         p: &Principal,
         draft: Draft,
+        validate: bool,
     ) -> AppResult<CredentialRecord> {
         p.require(Role::Developer, "A viewer cannot create credentials.")?;
-        let checked = credential::check(&self.catalog, draft, &BTreeSet::new())
+        let checked = self
+            .check_draft(p, draft, &BTreeSet::new())
+            .await?
             .map_err(AppError::Validation)?;
+        if let Some(id) = self
+            .store
+            .credential_id_by_name(&p.tenant_id, &checked.name)
+            .await?
+        {
+            // Refuse before calling the provider: a clash needs no network round trip.
+            return Err(AppError::NameTaken {
+                name: checked.name,
+                existing_id: id,
+            });
+        }
+        let (status, status_message, checked_at) = if validate {
+            let service = checked
+                .services
+                .get(&domain::ServiceRole::TokenValidation)
+                .cloned()
+                .unwrap_or_default();
+            let outcome = self
+                .run_validation(
+                    &p.tenant_id,
+                    &checked.integration,
+                    &service,
+                    &checked.plain_params,
+                    &checked.new_secrets,
+                )
+                .await?;
+            accept(outcome)?
+        } else {
+            (
+                CredentialStatus::Unverified,
+                "Saved without checking the key.".to_string(),
+                None,
+            )
+        };
         let id = domain::ids::credential();
         let (dek, wrapped_dek) = self.kek.new_data_key(&p.tenant_id, &id)?;
         let (secrets, secret_fields) = seal_all(&dek, &p.tenant_id, &id, &checked.new_secrets)?;
@@ -91,9 +195,9 @@ impl App {
             scopes: checked.scopes.clone(),
             params: checked.plain_params.clone(),
             secret_fields,
-            status: CredentialStatus::Unverified.as_str().into(),
-            status_message: Some("Not checked with the provider yet.".into()),
-            checked_at: None,
+            status: status.as_str().into(),
+            status_message: Some(status_message),
+            checked_at,
             version: 1,
             kek_id: self.kek.id().into(),
             wrapped_dek,
@@ -205,6 +309,7 @@ impl App {
         id: &str,
         expected_version: i64,
         patch: CredentialPatch,
+        validate: bool,
     ) -> AppResult<CredentialRecord> {
         p.require(Role::Developer, "A viewer cannot change credentials.")?;
         let current = self.get_credential(p, id).await?;
@@ -261,8 +366,10 @@ impl App {
             scopes: patch.scopes.unwrap_or_else(|| current.scopes.clone()),
             params,
         };
-        let checked =
-            credential::check(&self.catalog, draft, &stored).map_err(AppError::Validation)?;
+        let checked = self
+            .check_draft(p, draft, &stored)
+            .await?
+            .map_err(AppError::Validation)?;
 
         let dek = self
             .kek
@@ -296,10 +403,38 @@ impl App {
             ..current.clone()
         };
         if secrets_changed {
-            // A new secret has not been checked with the provider yet.
-            record.status = CredentialStatus::Unverified.as_str().into();
-            record.status_message = Some("The secret changed and has not been checked yet.".into());
-            record.checked_at = None;
+            let (status, message, checked_at) = if validate {
+                // The provider sees the credential as it will be: new secrets and kept ones.
+                let mut secrets = self.open_secrets(&p.tenant_id, id).await?;
+                secrets.retain(|field, _| checked.kept_secrets.contains(field));
+                for (field, value) in &checked.new_secrets {
+                    secrets.insert(field.clone(), value.clone());
+                }
+                let service = record
+                    .services
+                    .get(domain::ServiceRole::TokenValidation.as_str())
+                    .cloned()
+                    .unwrap_or_default();
+                let outcome = self
+                    .run_validation(
+                        &p.tenant_id,
+                        &record.integration_id,
+                        &service,
+                        &record.params,
+                        &secrets,
+                    )
+                    .await?;
+                accept(outcome)?
+            } else {
+                (
+                    CredentialStatus::Unverified,
+                    "The secret changed and was saved without checking.".to_string(),
+                    None,
+                )
+            };
+            record.status = status.as_str().into();
+            record.status_message = Some(message);
+            record.checked_at = checked_at;
         }
         let audit = p.audit(
             if put_secrets
@@ -370,6 +505,22 @@ impl App {
             .into_iter()
             .map(|s| Ok((s.field.clone(), dek.open(tenant, id, &s.field, &s.sealed)?)))
             .collect()
+    }
+}
+
+/// A validation outcome that lets a save go ahead, or the error that stops it.
+fn accept(
+    outcome: services::validate::Outcome,
+) -> AppResult<(
+    CredentialStatus,
+    String,
+    Option<chrono::DateTime<chrono::Utc>>,
+)> {
+    use services::validate::Outcome;
+    match outcome {
+        Outcome::Valid(m) => Ok((CredentialStatus::Valid, m, Some(now()))),
+        Outcome::Invalid(m) => Err(AppError::TokenRejected(m)),
+        Outcome::Unreachable(m) => Err(AppError::ProviderUnreachable(m)),
     }
 }
 

@@ -6,8 +6,11 @@
 //! Error policy: use cases return [`AppError`], typed in product words; the
 //! HTTP edge maps each variant to one status and problem `code`, once.
 
+mod config_services;
 mod credentials;
 mod identity;
+mod ingress;
+mod validation;
 
 use std::sync::Arc;
 
@@ -16,8 +19,10 @@ use crypto::MasterKey;
 use domain::{Catalog, FieldError, Role};
 use storage::{AuditEntry, Store, StoreError};
 
+pub use config_services::*;
 pub use credentials::*;
 pub use identity::*;
+pub use ingress::*;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -33,6 +38,14 @@ pub enum AppError {
     Conflict(String),
     #[error("the credential has changed since version {expected}; it is now at version {current}")]
     VersionMismatch { expected: i64, current: i64 },
+    /// Credentials (id, name) use the record.
+    #[error("in use by credentials")]
+    InUse(Vec<(String, String)>),
+    /// The provider refused the key; the message is its reason.
+    #[error("{0}")]
+    TokenRejected(String),
+    #[error("{0}")]
+    ProviderUnreachable(String),
     #[error("internal error")]
     Internal(#[from] anyhow::Error),
 }
@@ -41,6 +54,7 @@ impl From<StoreError> for AppError {
     fn from(e: StoreError) -> AppError {
         match e {
             StoreError::NotFound => AppError::NotFound("record"),
+            StoreError::InUse(users) => AppError::InUse(users),
             other => AppError::Internal(anyhow::Error::new(other)),
         }
     }
@@ -164,4 +178,27 @@ pub struct App {
     pub catalog: Catalog,
     /// Base of the callback URLs, without a trailing slash.
     pub public_url: String,
+    pub validator: services::validate::Validator,
+    pub counters: Counters,
+    pub script_limits: services::script::Limits,
+}
+
+impl App {
+    pub fn new(
+        store: Arc<dyn Store>,
+        kek: MasterKey,
+        catalog: Catalog,
+        public_url: String,
+        validator: services::validate::Validator,
+    ) -> App {
+        App {
+            store,
+            kek,
+            catalog,
+            public_url,
+            validator,
+            counters: Counters::default(),
+            script_limits: services::script::Limits::default(),
+        }
+    }
 }

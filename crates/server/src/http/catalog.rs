@@ -1,11 +1,11 @@
-//! `/v1/integrations` and `/v1/services`: the catalog, read-only, for any role.
+//! `/v1/integrations`: the catalog of apps, read-only, for any role.
 
 use std::sync::Arc;
 
 use axum::extract::State;
 use axum::Json;
 use domain::catalog::{Apply, FieldSpec, ValidationEndpoint};
-use domain::{AuthType, Integration, ServiceDef, ServiceRole};
+use domain::{AuthType, Integration, ServiceRole};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
@@ -128,65 +128,5 @@ pub async fn get_integration(
             .iter()
             .map(|r| (r.as_str().to_string(), i.defaults.get(*r).to_string()))
             .collect(),
-    }))
-}
-
-#[derive(Debug, Deserialize, IntoParams)]
-#[serde(deny_unknown_fields)]
-#[into_params(parameter_in = Query)]
-pub struct ServiceQuery {
-    /// Only services that fit this integration.
-    pub integration: Option<String>,
-    /// Only services of this role.
-    pub role: Option<String>,
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct Service {
-    #[serde(flatten)]
-    pub def: ServiceDef,
-    /// Built-in services come with the catalog.
-    pub builtin: bool,
-}
-
-#[utoipa::path(get, path = "/v1/services", tag = "catalog", params(ServiceQuery),
-    responses((status = 200, body = ListOf<Service>), (status = 400, body = Problem), (status = 401, body = Problem),
-              (status = 422, body = Problem)),
-    security(("bearer" = [])))]
-pub async fn list_services(
-    State(app): State<Arc<App>>,
-    _p: Principal,
-    QueryParams(q): QueryParams<ServiceQuery>,
-) -> Result<Json<ListOf<Service>>, ApiError> {
-    let role = match q.role.as_deref() {
-        None => None,
-        Some(r) => Some(ServiceRole::parse(r).ok_or_else(|| {
-            ApiError::validation(vec![domain::FieldError::new(
-                "role",
-                "invalid",
-                "role is one of token_validation, user_id_mapper, action_callback_parser, webhook_parser, webhook_event_verification.",
-            )])
-        })?),
-    };
-    if let Some(i) = q.integration.as_deref() {
-        if app.catalog.integration(i).is_none() {
-            return Err(ApiError::validation(vec![domain::FieldError::new(
-                "integration",
-                "unknown",
-                format!("There is no integration {i:?}."),
-            )]));
-        }
-    }
-    let items = app
-        .catalog
-        .services(q.integration.as_deref(), role)
-        .map(|d| Service {
-            def: d.clone(),
-            builtin: true,
-        })
-        .collect();
-    Ok(Json(ListOf {
-        items,
-        next_cursor: None,
     }))
 }

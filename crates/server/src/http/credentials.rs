@@ -16,7 +16,7 @@ use storage::CredentialRecord;
 use utoipa::{IntoParams, ToSchema};
 
 use super::error::{ApiError, JsonBody, PathParam, Problem, QueryParams};
-use super::ListOf;
+use super::{if_match, ListOf};
 use crate::app::{encode_cursor, App, CredentialPatch, ListParams, PageParams, Principal};
 
 /// A config param as sent: a secret param's `value` may be left out on update
@@ -163,6 +163,9 @@ pub struct Credential {
     pub created_by: String,
     pub updated_at: chrono::DateTime<chrono::Utc>,
     pub updated_by: String,
+    /// Ingress counters; on a single credential's view only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ingress: Option<IngressCounters>,
 }
 
 impl Credential {
@@ -226,6 +229,7 @@ impl Credential {
             created_by: r.created_by,
             updated_at: r.updated_at,
             updated_by: r.updated_by,
+            ingress: None,
         }
     }
 }
@@ -263,17 +267,19 @@ pub struct DraftCheck {
         (status = 201, description = "Created", body = Credential),
         (status = 400, body = Problem), (status = 401, body = Problem), (status = 403, body = Problem),
         (status = 409, description = "The name is taken", body = Problem),
-        (status = 413, body = Problem), (status = 422, body = Problem)),
+        (status = 413, body = Problem),
+        (status = 422, description = "Invalid fields, or the provider rejected the key (code token_rejected)", body = Problem),
+        (status = 502, description = "The provider could not be reached (code provider_unreachable)", body = Problem)),
     security(("bearer" = [])))]
 pub async fn create_credential(
     State(app): State<Arc<App>>,
     p: Principal,
     JsonBody(body): JsonBody<CreateCredential>,
 ) -> Result<Response, ApiError> {
-    // Token validation against the provider comes with the config services; until
-    // then every credential starts `unverified`, whatever `validate` says.
-    let _ = body.validate;
-    let record = app.create_credential(&p, body.into_draft()).await?;
+    let validate = body.validate;
+    let record = app
+        .create_credential(&p, body.into_draft(), validate)
+        .await?;
     Ok(with_etag(
         StatusCode::CREATED,
         Credential::from_record(&app, record),
@@ -344,32 +350,58 @@ pub async fn get_credential(
     PathParam(id): PathParam<String>,
 ) -> Result<Response, ApiError> {
     let record = app.get_credential(&p, &id).await?;
+    let counters = app.credential_counters(&p, &id).await?;
+    let mut c = Credential::from_record(&app, record);
+    c.ingress = Some(IngressCounters::from_deltas(&counters));
+    Ok(with_etag(StatusCode::OK, c))
+}
+
+#[utoipa::path(post, path = "/v1/credentials/{id}/validate", tag = "credentials",
+    params(("id" = String, Path, description = "Credential id")),
+    responses(
+        (status = 200, description = "Checked; the result is in status, status_message and checked_at", body = Credential),
+        (status = 401, body = Problem), (status = 403, body = Problem), (status = 404, body = Problem)),
+    security(("bearer" = [])))]
+pub async fn revalidate_credential(
+    State(app): State<Arc<App>>,
+    p: Principal,
+    PathParam(id): PathParam<String>,
+) -> Result<Response, ApiError> {
+    let record = app.revalidate_credential(&p, &id).await?;
     Ok(with_etag(
         StatusCode::OK,
         Credential::from_record(&app, record),
     ))
 }
 
-/// Reads `If-Match: "3"` (or `3`, or a weak `W/"3"`).
-fn if_match(headers: &HeaderMap) -> Result<i64, ApiError> {
-    let raw = headers.get(header::IF_MATCH).ok_or_else(|| {
-        ApiError::new(
-            StatusCode::PRECONDITION_REQUIRED,
-            "precondition_required",
-            "Send If-Match with the credential's version (its ETag) so a concurrent change is not overwritten.",
-        )
-    })?;
-    raw.to_str()
-        .ok()
-        .map(|v| v.trim().trim_start_matches("W/").trim_matches('"'))
-        .and_then(|v| v.parse::<i64>().ok())
-        .ok_or_else(|| {
-            ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "invalid_if_match",
-                "If-Match must be the ETag of the credential, e.g. \"3\".",
-            )
-        })
+/// What the credential's URLs received, summed over every replica.
+#[derive(Debug, Default, Serialize, ToSchema)]
+pub struct IngressCounters {
+    pub accepted: u64,
+    pub duplicates: u64,
+    pub handshakes: u64,
+    pub unmapped_users: u64,
+    /// Refused deliveries by reason (e.g. `bad_signature`, `stale_timestamp`).
+    pub rejected: BTreeMap<String, u64>,
+}
+
+impl IngressCounters {
+    fn from_deltas(deltas: &[storage::CounterDelta]) -> IngressCounters {
+        let mut c = IngressCounters::default();
+        for d in deltas {
+            match d.outcome.as_str() {
+                "accepted" => c.accepted += d.count,
+                "duplicate" => c.duplicates += d.count,
+                "handshake" => c.handshakes += d.count,
+                "unmapped_user" => c.unmapped_users += d.count,
+                other => {
+                    let reason = other.strip_prefix("rejected:").unwrap_or(other);
+                    *c.rejected.entry(reason.to_string()).or_default() += d.count;
+                }
+            }
+        }
+        c
+    }
 }
 
 #[utoipa::path(patch, path = "/v1/credentials/{id}", tag = "credentials",
@@ -382,7 +414,8 @@ fn if_match(headers: &HeaderMap) -> Result<i64, ApiError> {
         (status = 404, body = Problem), (status = 409, body = Problem),
         (status = 412, description = "Stale version", body = Problem),
         (status = 413, body = Problem),
-        (status = 422, body = Problem), (status = 428, description = "If-Match missing", body = Problem)),
+        (status = 422, body = Problem), (status = 428, description = "If-Match missing", body = Problem),
+        (status = 502, body = Problem)),
     security(("bearer" = [])))]
 pub async fn update_credential(
     State(app): State<Arc<App>>,
@@ -392,7 +425,6 @@ pub async fn update_credential(
     JsonBody(body): JsonBody<UpdateCredential>,
 ) -> Result<Response, ApiError> {
     let version = if_match(&headers)?;
-    let _ = body.validate;
     let patch = CredentialPatch {
         name: body.name,
         description: body.description,
@@ -401,7 +433,9 @@ pub async fn update_credential(
         scopes: body.scopes,
         config_params: body.config_params.map(params_in),
     };
-    let record = app.update_credential(&p, &id, version, patch).await?;
+    let record = app
+        .update_credential(&p, &id, version, patch, body.validate)
+        .await?;
     Ok(with_etag(
         StatusCode::OK,
         Credential::from_record(&app, record),
@@ -420,5 +454,99 @@ pub async fn delete_credential(
     PathParam(id): PathParam<String>,
 ) -> Result<StatusCode, ApiError> {
     app.delete_credential(&p, &id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PutUserMapping {
+    /// The platform user the app's user id maps to.
+    pub user_id: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct UserMappingOut {
+    pub app_user_id: String,
+    pub user_id: String,
+    pub created_at: chrono::DateTime<chrono::Utc>,
+}
+
+impl From<storage::UserMapping> for UserMappingOut {
+    fn from(m: storage::UserMapping) -> Self {
+        UserMappingOut {
+            app_user_id: m.app_user_id,
+            user_id: m.user_id,
+            created_at: m.created_at,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct MappingQuery {
+    /// 1 to 200; default 50.
+    pub limit: Option<usize>,
+    pub cursor: Option<String>,
+}
+
+#[utoipa::path(get, path = "/v1/credentials/{id}/user-mappings", tag = "credentials",
+    params(("id" = String, Path, description = "Credential id"), MappingQuery),
+    responses((status = 200, body = ListOf<UserMappingOut>), (status = 401, body = Problem), (status = 404, body = Problem),
+              (status = 400, body = Problem), (status = 422, body = Problem)),
+    security(("bearer" = [])))]
+pub async fn list_user_mappings(
+    State(app): State<Arc<App>>,
+    p: Principal,
+    PathParam(id): PathParam<String>,
+    QueryParams(q): QueryParams<MappingQuery>,
+) -> Result<Json<ListOf<UserMappingOut>>, ApiError> {
+    let page = app
+        .list_user_mappings(
+            &p,
+            &id,
+            &PageParams {
+                limit: q.limit,
+                cursor: q.cursor,
+            },
+        )
+        .await?;
+    Ok(Json(ListOf {
+        items: page.items.into_iter().map(Into::into).collect(),
+        next_cursor: page.next_cursor,
+    }))
+}
+
+#[utoipa::path(put, path = "/v1/credentials/{id}/user-mappings/{app_user_id}", tag = "credentials",
+    params(("id" = String, Path, description = "Credential id"), ("app_user_id" = String, Path, description = "The app's user id")),
+    request_body = PutUserMapping,
+    responses((status = 200, body = UserMappingOut), (status = 400, body = Problem), (status = 401, body = Problem),
+              (status = 403, body = Problem), (status = 404, body = Problem), (status = 413, body = Problem),
+              (status = 422, body = Problem)),
+    security(("bearer" = [])))]
+pub async fn put_user_mapping(
+    State(app): State<Arc<App>>,
+    p: Principal,
+    PathParam((id, app_user_id)): PathParam<(String, String)>,
+    JsonBody(body): JsonBody<PutUserMapping>,
+) -> Result<Json<UserMappingOut>, ApiError> {
+    Ok(Json(
+        app.put_user_mapping(&p, &id, &app_user_id, &body.user_id)
+            .await?
+            .into(),
+    ))
+}
+
+#[utoipa::path(delete, path = "/v1/credentials/{id}/user-mappings/{app_user_id}", tag = "credentials",
+    params(("id" = String, Path, description = "Credential id"), ("app_user_id" = String, Path, description = "The app's user id")),
+    responses((status = 204, description = "Removed"), (status = 401, body = Problem), (status = 403, body = Problem),
+              (status = 404, body = Problem)),
+    security(("bearer" = [])))]
+pub async fn delete_user_mapping(
+    State(app): State<Arc<App>>,
+    p: Principal,
+    PathParam((id, app_user_id)): PathParam<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    app.delete_user_mapping(&p, &id, &app_user_id).await?;
     Ok(StatusCode::NO_CONTENT)
 }

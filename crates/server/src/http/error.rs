@@ -34,6 +34,16 @@ pub struct Problem {
     /// For a version mismatch: the current version.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub current_version: Option<i64>,
+    /// For a record in use: the credentials that use it.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub credentials: Vec<CredentialRef>,
+}
+
+/// A credential named in a problem.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CredentialRef {
+    pub id: String,
+    pub name: String,
 }
 
 #[derive(Debug)]
@@ -55,6 +65,7 @@ impl ApiError {
                 errors: Vec::new(),
                 existing_id: None,
                 current_version: None,
+                credentials: Vec::new(),
             }),
         }
     }
@@ -116,6 +127,29 @@ impl From<AppError> for ApiError {
                 err.problem.current_version = Some(current);
                 err
             }
+            AppError::InUse(users) => {
+                let mut err = ApiError::new(
+                    StatusCode::CONFLICT,
+                    "in_use",
+                    format!(
+                        "{} credential(s) use this service; move them to another service first, or change it with force=true.",
+                        users.len()
+                    ),
+                );
+                err.problem.credentials = users
+                    .into_iter()
+                    .map(|(id, name)| CredentialRef { id, name })
+                    .collect();
+                err
+            }
+            AppError::TokenRejected(reason) => {
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "token_rejected", reason)
+            }
+            AppError::ProviderUnreachable(reason) => ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                "provider_unreachable",
+                format!("{reason}. Save with \"validate\": false to store it unverified."),
+            ),
             AppError::Internal(cause) => {
                 let reference = domain::ids::new_id("err");
                 tracing::error!(reference, error = %format!("{cause:#}"), "internal error");

@@ -7,7 +7,10 @@ pub mod auth;
 pub mod catalog;
 pub mod credentials;
 pub mod error;
+pub mod events;
 pub mod identity;
+pub mod ingress;
+pub mod services;
 
 use std::sync::Arc;
 
@@ -42,7 +45,10 @@ pub struct ListOf<T: ToSchema> {
     modifiers(&BearerAuth),
     tags(
         (name = "credentials", description = "App credentials"),
-        (name = "catalog", description = "Integrations and services"),
+        (name = "catalog", description = "Integrations"),
+        (name = "services", description = "Config services: built-in and custom"),
+        (name = "events", description = "Received webhooks and action callbacks"),
+        (name = "ingress", description = "The URLs providers call"),
         (name = "identity", description = "Tenants, management tokens and the audit log"),
     )
 )]
@@ -78,9 +84,24 @@ pub fn api() -> (Router<Arc<App>>, utoipa::openapi::OpenApi) {
             credentials::update_credential,
             credentials::delete_credential
         ))
+        .routes(routes!(credentials::revalidate_credential))
+        .routes(routes!(credentials::list_user_mappings))
+        .routes(routes!(
+            credentials::put_user_mapping,
+            credentials::delete_user_mapping
+        ))
         .routes(routes!(catalog::list_integrations))
         .routes(routes!(catalog::get_integration))
-        .routes(routes!(catalog::list_services))
+        .routes(routes!(services::list_services, services::create_service))
+        .routes(routes!(
+            services::get_service,
+            services::update_service,
+            services::delete_service
+        ))
+        .routes(routes!(events::list_events))
+        .routes(routes!(events::get_event))
+        .routes(routes!(ingress::webhook))
+        .routes(routes!(ingress::action))
         .routes(routes!(identity::create_token, identity::list_tokens))
         .routes(routes!(identity::revoke_token))
         .routes(routes!(identity::create_tenant, identity::list_tenants))
@@ -98,6 +119,7 @@ pub fn router(app: Arc<App>) -> Router {
             get(move || async move { Json(spec.as_ref().clone()) }),
         )
         .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
         .route("/readyz", get(readyz))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -132,6 +154,38 @@ async fn method_not_allowed() -> ApiError {
         "method_not_allowed",
         "This route does not take that method.",
     )
+}
+
+/// Prometheus metrics of this process.
+async fn metrics(State(app): State<Arc<App>>) -> Response {
+    let mut res = app.counters.render().into_response();
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4"),
+    );
+    res
+}
+
+/// Reads `If-Match: "3"` (or `3`, or a weak `W/"3"`).
+pub(crate) fn if_match(headers: &axum::http::HeaderMap) -> Result<i64, ApiError> {
+    let raw = headers.get(header::IF_MATCH).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::PRECONDITION_REQUIRED,
+            "precondition_required",
+            "Send If-Match with the record's version (its ETag) so a concurrent change is not overwritten.",
+        )
+    })?;
+    raw.to_str()
+        .ok()
+        .map(|v| v.trim().trim_start_matches("W/").trim_matches('"'))
+        .and_then(|v| v.parse::<i64>().ok())
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_if_match",
+                "If-Match must be the record's ETag, e.g. \"3\".",
+            )
+        })
 }
 
 async fn healthz() -> impl IntoResponse {

@@ -30,11 +30,11 @@ async fn a_credential_is_created_viewed_edited_rotated_and_deleted() {
     );
     assert_eq!(
         created["callback_urls"]["webhook_url"],
-        format!("https://hooks.example.test/hooks/{id}")
+        format!("{PUBLIC_URL}/hooks/{id}")
     );
     assert_eq!(
         created["callback_urls"]["action_url"],
-        format!("https://hooks.example.test/actions/{id}")
+        format!("{PUBLIC_URL}/actions/{id}")
     );
     assert_eq!(created["callback_urls"]["authentication_url"], Value::Null);
     assert!(created["created_by"].as_str().unwrap().starts_with("tok_"));
@@ -96,7 +96,7 @@ async fn a_credential_is_created_viewed_edited_rotated_and_deleted() {
     let res = app
         .req(Method::PATCH, &format!("/v1/credentials/{id}"), &app.token)
         .header("If-Match", "2")
-        .json(&json!({ "api_key": new_key }))
+        .json(&json!({ "api_key": new_key, "validate": false }))
         .send()
         .await
         .unwrap();
@@ -184,7 +184,7 @@ async fn config_params_replace_the_set_and_a_secret_without_value_is_kept() {
     assert_eq!(ws["value"], json!({ "set": true, "last4": "face" }));
     assert!(!created
         .to_string()
-        .contains("0123456789abcdef0123456789abcdef"));
+        .contains("feedfacefeedfacefeedfacefeedface"));
 
     let params = json!([
         { "key": "account_sid", "value": format!("AC{}", "0123456789abcdef".repeat(2)) },

@@ -29,7 +29,7 @@ async fn the_database_files_contain_no_secret() {
             &app.token,
         )
         .header("If-Match", "1")
-        .json(&json!({ "api_key": twilio_key('z') }))
+        .json(&json!({ "api_key": twilio_key('z'), "validate": false }))
         .send()
         .await
         .unwrap();
@@ -89,12 +89,15 @@ async fn a_ciphertext_moved_to_another_credential_fails_to_open() {
 
     let store = storage::SqliteStore::open(&dir.path().join("latchkey.db")).unwrap();
     let (kek, _) = crypto::MasterKey::load_or_create(None, &dir.path().join("master.key")).unwrap();
-    let app = server::App {
-        store: Arc::new(store),
+    let policy =
+        services::validate::OutboundPolicy::new(&[], std::time::Duration::from_secs(1)).unwrap();
+    let app = server::App::new(
+        Arc::new(store),
         kek,
-        catalog: domain::Catalog::builtin().unwrap(),
-        public_url: String::new(),
-    };
+        domain::Catalog::builtin().unwrap(),
+        String::new(),
+        services::validate::Validator::new(policy).unwrap(),
+    );
     let opened = app.open_secrets(&tenant, &a).await.unwrap();
     assert_eq!(
         opened["api_key"].expose_secret(),
@@ -147,10 +150,8 @@ async fn spawn_app_again(key_file: &std::path::Path, key: &str) {
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let (report, serving) = server::start(
         server::Config {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            data_dir,
-            public_url: None,
             master_key: Some(SecretString::from(key.trim().to_string())),
+            ..server::Config::new("127.0.0.1:0".parse().unwrap(), data_dir)
         },
         async move {
             let _ = stopped.await;

@@ -7,6 +7,9 @@ use reqwest::{Method, RequestBuilder, Response};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{json, Value};
 
+/// The public base URL the test servers build callback URLs from.
+pub const PUBLIC_URL: &str = "https://hooks.example.test";
+
 pub struct TestApp {
     pub base: String,
     pub token: String,
@@ -28,10 +31,12 @@ pub async fn spawn_app_in(
 ) -> Result<TestApp, (anyhow::Error, tempfile::TempDir)> {
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let config = server::Config {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        data_dir: dir.path().to_path_buf(),
-        public_url: Some("https://hooks.example.test".into()),
+        public_url: Some(PUBLIC_URL.into()),
         master_key: key.map(|k| SecretString::from(k.to_string())),
+        // The fake providers the tests start listen on loopback.
+        allow_outbound: vec!["127.0.0.1".into()],
+        outbound_timeout: std::time::Duration::from_millis(1500),
+        ..server::Config::new("127.0.0.1:0".parse().unwrap(), dir.path().to_path_buf())
     };
     let (report, serving) = match server::start(config, async move {
         let _ = stopped.await;
@@ -133,6 +138,8 @@ pub fn twilio(name: &str, key: &str) -> Value {
         "auth_type": "api_key",
         "api_key": key,
         "scopes": ["messaging"],
+        // No real provider is reachable from the tests; validation has its own tests.
+        "validate": false,
         "config_params": [
             { "key": "account_sid", "value": format!("AC{}", "0123456789abcdef".repeat(2)) },
             { "key": "api_key_sid", "value": format!("SK{}", "fedcba9876543210".repeat(2)) },
@@ -145,6 +152,7 @@ pub fn stripe(name: &str) -> Value {
         "name": name,
         "integration": "stripe",
         "api_key": "sk_test_4eC39HqLyjWDarjtT1zdp7dc",
+        "validate": false,
     })
 }
 

@@ -6,4 +6,5 @@ mod credentials;
 mod encryption;
 mod helpers;
 mod identity;
+mod ingress;
 mod openapi;
