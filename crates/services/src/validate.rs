@@ -483,6 +483,36 @@ mod tests {
         assert!(OutboundPolicy::new(&["not a host!".into()], Duration::from_secs(1)).is_err());
     }
 
+    /// A host name the operator allows still may not resolve to a private
+    /// address the operator did not allow: DNS cannot move a check inside.
+    #[tokio::test]
+    async fn a_name_that_resolves_to_loopback_is_refused() {
+        let policy = OutboundPolicy::new(&["localhost".into()], Duration::from_secs(2)).unwrap();
+        let validator = Validator::new(policy).unwrap();
+        let catalog = domain::Catalog::builtin().unwrap();
+        let twilio = catalog.integration("twilio").unwrap();
+        let params = BTreeMap::from([
+            ("base_url".to_string(), "http://localhost:9".to_string()),
+            ("account_sid".to_string(), format!("AC{}", "0".repeat(32))),
+            ("api_key_sid".to_string(), format!("SK{}", "0".repeat(32))),
+        ]);
+        let secrets = BTreeMap::from([("api_key".to_string(), SecretString::from("k".repeat(32)))]);
+        let outcome = validator
+            .validate(
+                &HttpCheck::default(),
+                &Subject {
+                    integration: twilio,
+                    params: &params,
+                    secrets: &secrets,
+                },
+            )
+            .await;
+        match outcome {
+            Outcome::Unreachable(m) => assert!(m.contains("private or loopback"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
     #[test]
     fn wildcard_hosts_match_subdomains_only() {
         assert!(host_matches("*.twilio.com", "api.dublin.ie1.twilio.com"));

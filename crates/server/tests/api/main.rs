@@ -8,3 +8,4 @@ mod helpers;
 mod identity;
 mod ingress;
 mod openapi;
+mod validation;
