@@ -1,8 +1,9 @@
 //! A first rough measurement (the full benchmark is a later piece of work):
-//! credential creates per second with many concurrent clients, then get-by-id
-//! and search-page latency once `--count` credentials are stored.
+//! credential creates per second with many concurrent clients, get-by-id and
+//! search-page latency once `count` credentials are stored, then verified
+//! Stripe webhook ingest (store-then-ack) and duplicate deliveries per second.
 //!
-//! `cargo run --release -p server --example rough_bench -- [count]`
+//! `cargo run --release -p server --example rough_bench -- [count] [events]`
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -16,6 +17,8 @@ const CLIENTS: usize = 64;
 fn body(n: usize) -> Value {
     json!({
         "name": format!("bench credential {n:07}"),
+        // Measures Latchkey, not a provider: no token validation call.
+        "validate": false,
         "integration": if n.is_multiple_of(3) { "stripe" } else { "github" },
         "api_key": if n.is_multiple_of(3) { format!("sk_test_{n:024}") } else { format!("ghp_{n:036}") },
     })
@@ -142,7 +145,104 @@ async fn main() -> anyhow::Result<()> {
             percentile(&lat, 0.99)
         );
     }
+    let events: usize = std::env::args()
+        .nth(2)
+        .map(|s| s.parse())
+        .transpose()?
+        .unwrap_or(100_000);
+    ingest(&client, &base, &token, events).await?;
     let _ = stop.send(());
     serving.await??;
+    Ok(())
+}
+
+const SECRET: &str = "whsec_bench_0123456789abcdef";
+
+fn stripe_delivery(n: usize) -> (String, String) {
+    use hmac::{Hmac, Mac};
+    let body = json!({ "id": format!("evt_{n:012}"), "type": "invoice.paid", "data": { "object": { "customer": format!("cus_{}", n % 1000) } } }).to_string();
+    let ts = chrono::Utc::now().timestamp();
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(SECRET.as_bytes()).unwrap();
+    mac.update(format!("{ts}.").as_bytes());
+    mac.update(body.as_bytes());
+    (
+        body,
+        format!("t={ts},v1={}", hex::encode(mac.finalize().into_bytes())),
+    )
+}
+
+async fn ingest(
+    client: &reqwest::Client,
+    base: &str,
+    token: &str,
+    events: usize,
+) -> anyhow::Result<()> {
+    let cred: Value = client
+        .post(format!("{base}/v1/credentials"))
+        .bearer_auth(token)
+        .json(&json!({
+            "name": "bench stripe hooks", "integration": "stripe", "api_key": "sk_test_bench000000000000", "validate": false,
+            "config_params": [ { "key": "webhook_secret", "value": SECRET } ],
+        }))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let url = format!("{base}/hooks/{}", cred["id"].as_str().unwrap());
+    // Signing happens before the clock starts: the figure is the server's.
+    let deliveries: Arc<Vec<(String, String)>> =
+        Arc::new((0..events).map(stripe_delivery).collect());
+    for (label, expect) in [
+        ("verified webhook ingest", "stored"),
+        ("duplicate deliveries", "duplicate"),
+    ] {
+        let next = Arc::new(AtomicUsize::new(0));
+        let started = Instant::now();
+        let mut tasks = Vec::new();
+        for _ in 0..CLIENTS {
+            let (client, url, next, deliveries) = (
+                client.clone(),
+                url.clone(),
+                next.clone(),
+                deliveries.clone(),
+            );
+            tasks.push(tokio::spawn(async move {
+                let mut lat = Vec::new();
+                loop {
+                    let n = next.fetch_add(1, Ordering::Relaxed);
+                    if n >= deliveries.len() {
+                        break lat;
+                    }
+                    let (body, sig) = &deliveries[n];
+                    let t = Instant::now();
+                    let res = client
+                        .post(&url)
+                        .header("content-type", "application/json")
+                        .header("stripe-signature", sig)
+                        .body(body.clone())
+                        .send()
+                        .await
+                        .unwrap();
+                    assert_eq!(res.status(), 200);
+                    let v: Value = res.json().await.unwrap();
+                    assert_eq!(v["status"], expect);
+                    lat.push(t.elapsed());
+                }
+            }));
+        }
+        let mut lat = Vec::new();
+        for t in tasks {
+            lat.extend(t.await?);
+        }
+        let elapsed = started.elapsed();
+        lat.sort();
+        println!(
+            "{label}: {events} in {:.1} s = {:.0}/s, p50 {:.2} ms, p99 {:.2} ms ({CLIENTS} clients)",
+            elapsed.as_secs_f64(),
+            events as f64 / elapsed.as_secs_f64(),
+            percentile(&lat, 0.5),
+            percentile(&lat, 0.99)
+        );
+    }
     Ok(())
 }

@@ -260,28 +260,37 @@ impl App {
         let mapper = self
             .resolve_service(tenant, &service(ServiceRole::UserIdMapper))
             .await?;
-        let user_id = match (&event.app_user_id, mapper.map(|m| m.spec)) {
+        let mapper_reads_payload = mapper.as_ref().is_some_and(|m| {
+            matches!(
+                m.spec,
+                ServiceSpec::PayloadUser { .. } | ServiceSpec::Script { .. }
+            )
+        });
+        let user_id = match (mapper.map(|m| m.spec), &event.app_user_id) {
             (None, _) => None,
-            (Some(app_user), Some(ServiceSpec::MappingTable)) => {
+            (Some(ServiceSpec::MappingTable), Some(app_user)) => {
                 self.store.find_user_mapping(&record.id, app_user).await?
             }
-            (Some(app_user), Some(ServiceSpec::Script { source })) => {
+            (Some(ServiceSpec::MappingTable), None) => None,
+            (Some(ServiceSpec::Script { source }), app_user) => {
                 let (app_user, payload, limits) =
                     (app_user.clone(), event.payload.clone(), self.script_limits);
-                tokio::task::spawn_blocking(move || services::script::run_mapper(&source, Some(&app_user), &payload, limits))
-                    .await
-                    .map_err(|e| AppError::Internal(anyhow::anyhow!("mapper task: {e}")))?
-                    .unwrap_or_else(|e| {
-                        tracing::warn!(credential = %record.id, error = %e, "user id mapper script failed");
-                        None
-                    })
+                tokio::task::spawn_blocking(move || {
+                    ::services::script::run_mapper(&source, app_user.as_deref(), &payload, limits)
+                })
+                .await
+                .map_err(|e| AppError::Internal(anyhow::anyhow!("mapper task: {e}")))?
+                .unwrap_or_else(|e| {
+                    tracing::warn!(credential = %record.id, error = %e, "user id mapper script failed");
+                    None
+                })
             }
-            (Some(app_user), Some(spec)) => {
-                parse::map_user(&spec, Some(app_user), &event.payload).unwrap_or(None)
+            // Identity and payload mappers are pure and quick.
+            (Some(spec), app_user) => {
+                parse::map_user(&spec, app_user.as_deref(), &event.payload).unwrap_or(None)
             }
-            (Some(_), None) => None,
         };
-        if event.app_user_id.is_some() && user_id.is_none() {
+        if user_id.is_none() && (event.app_user_id.is_some() || mapper_reads_payload) {
             self.counters.add(&record.id, kind, "unmapped_user");
         }
 
@@ -313,6 +322,7 @@ impl App {
         spec: ServiceSpec,
         req: Inbound,
     ) -> Result<Parsed, IngressError> {
+        let is_script = matches!(spec, ServiceSpec::Script { .. });
         let work = move || -> Result<Parsed, ParseError> {
             Ok(match kind {
                 IngressKind::Webhook => match parse::parse_webhook(&spec, &req)? {
@@ -340,6 +350,10 @@ impl App {
                 }
             })
         };
+        if !is_script {
+            // Built-in parsers are a few microseconds of work: run them in place.
+            return work().map_err(malformed);
+        }
         // Scripts are CPU work with a wall-time limit: keep them off the async threads.
         tokio::task::spawn_blocking(work)
             .await

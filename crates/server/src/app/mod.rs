@@ -36,7 +36,7 @@ pub enum AppError {
     NameTaken { name: String, existing_id: String },
     #[error("{0}")]
     Conflict(String),
-    #[error("the credential has changed since version {expected}; it is now at version {current}")]
+    #[error("the record has changed since version {expected}; it is now at version {current}")]
     VersionMismatch { expected: i64, current: i64 },
     /// Credentials (id, name) use the record.
     #[error("in use by credentials")]

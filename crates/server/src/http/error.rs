@@ -121,7 +121,7 @@ impl From<AppError> for ApiError {
                     StatusCode::PRECONDITION_FAILED,
                     "version_mismatch",
                     format!(
-                        "The credential changed since version {expected}; it is at version {current}. Fetch it again and retry."
+                        "The record changed since version {expected}; it is at version {current}. Fetch it again and retry."
                     ),
                 );
                 err.problem.current_version = Some(current);

@@ -8,4 +8,5 @@ mod helpers;
 mod identity;
 mod ingress;
 mod openapi;
+mod services;
 mod validation;
