@@ -207,6 +207,17 @@ pub struct CounterDelta {
     pub count: u64,
 }
 
+/// A dashboard session: the hash of its id, the token it acts as, and the
+/// token that state-changing requests must echo (CSRF).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionRecord {
+    pub id_hash: [u8; 32],
+    pub token_id: String,
+    pub csrf: String,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+}
+
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Reads a value of the installation's metadata (e.g. the key check).
@@ -333,6 +344,17 @@ pub trait Store: Send + Sync + 'static {
         credential: &str,
         app_user_id: &str,
     ) -> Result<Option<String>>;
+
+    /// Opens a dashboard session for a token.
+    async fn create_session(&self, session: SessionRecord) -> Result<()>;
+    /// The live session with this id hash, with its token and tenant; none
+    /// once it expired or its token was revoked.
+    async fn find_session(
+        &self,
+        id_hash: [u8; 32],
+        now: DateTime<Utc>,
+    ) -> Result<Option<(SessionRecord, TokenRecord, TenantRecord)>>;
+    async fn delete_session(&self, id_hash: [u8; 32]) -> Result<()>;
 
     async fn add_counters(&self, deltas: Vec<CounterDelta>) -> Result<()>;
     async fn counters(&self, credential: &str) -> Result<Vec<CounterDelta>>;

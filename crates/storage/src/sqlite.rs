@@ -17,6 +17,7 @@ use crate::*;
 const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/sqlite/0001_init.sql"),
     include_str!("../migrations/sqlite/0002_services_events.sql"),
+    include_str!("../migrations/sqlite/0003_sessions.sql"),
 ];
 /// Most jobs one commit takes; bounds a commit's latency under a flood.
 const MAX_BATCH: usize = 512;
@@ -1004,6 +1005,64 @@ impl Store for SqliteStore {
                     .optional()
             })
             .map_err(backend)
+        })
+        .await
+    }
+
+    async fn create_session(&self, s: SessionRecord) -> Result<()> {
+        self.write(move |c| {
+            // Expired sessions go as new ones come.
+            c.execute("DELETE FROM sessions WHERE expires_at < ?1", [ms(s.created_at)])
+                .map_err(backend)?;
+            c.execute(
+                "INSERT INTO sessions (id_hash, token_id, csrf, created_at, expires_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![s.id_hash.as_slice(), s.token_id, s.csrf, ms(s.created_at), ms(s.expires_at)],
+            )
+            .map_err(backend)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn find_session(
+        &self,
+        id_hash: [u8; 32],
+        now: DateTime<Utc>,
+    ) -> Result<Option<(SessionRecord, TokenRecord, TenantRecord)>> {
+        self.read(move |c| {
+            c.prepare_cached(
+                "SELECT k.id, k.tenant_id, k.name, k.role, k.hash, k.created_at, k.created_by, k.revoked_at,
+                        t.id, t.name, t.is_operator, t.created_at, s.csrf, s.created_at, s.expires_at
+                 FROM sessions s JOIN tokens k ON k.id = s.token_id JOIN tenants t ON t.id = k.tenant_id
+                 WHERE s.id_hash = ?1 AND s.expires_at > ?2 AND k.revoked_at IS NULL",
+            )
+            .and_then(|mut st| {
+                st.query_row(params![id_hash.as_slice(), ms(now)], |r| {
+                    let token = token_from_row(r)?;
+                    let session = SessionRecord {
+                        id_hash,
+                        token_id: token.id.clone(),
+                        csrf: r.get(12)?,
+                        created_at: from_ms(r.get(13)?),
+                        expires_at: from_ms(r.get(14)?),
+                    };
+                    Ok((session, token, tenant_from_row(r, 8)?))
+                })
+                .optional()
+            })
+            .map_err(backend)
+        })
+        .await
+    }
+
+    async fn delete_session(&self, id_hash: [u8; 32]) -> Result<()> {
+        self.write(move |c| {
+            c.execute(
+                "DELETE FROM sessions WHERE id_hash = ?1",
+                [id_hash.as_slice()],
+            )
+            .map_err(backend)?;
+            Ok(())
         })
         .await
     }
