@@ -120,6 +120,7 @@ fn print_banner(r: &server::StartReport) {
         r.addr
     );
     println!("  callbacks    {}/hooks/{{credential_id}}", r.public_url);
+    println!("  dashboard    http://{}/app/credentials", r.addr);
     println!("  ready in     {} ms", r.ready_in.as_millis());
 }
 

@@ -50,7 +50,76 @@ fn check_label(field: &str, value: &str) -> Result<String, Vec<FieldError>> {
     }
 }
 
+/// How long a dashboard session lives, at most.
+pub const SESSION_HOURS: i64 = 12;
+
+/// A dashboard session as the HTTP edge holds it: the cookie value (a
+/// secret) and the CSRF token that state-changing requests must echo.
+pub struct Session {
+    pub id: SecretString,
+    pub csrf: String,
+}
+
+fn random_token() -> AppResult<String> {
+    Ok(URL_SAFE_NO_PAD.encode(crypto::random_bytes(32)?))
+}
+
 impl App {
+    /// Signs in to the dashboard with a management token; `None` when the
+    /// token is unknown or revoked.
+    pub async fn sign_in(&self, token: &str) -> AppResult<Option<(Session, Principal)>> {
+        let Some(principal) = self.authenticate(token.trim(), None).await? else {
+            return Ok(None);
+        };
+        let id = SecretString::from(random_token()?);
+        let csrf = random_token()?;
+        let at = now();
+        let record = storage::SessionRecord {
+            id_hash: crypto::token_hash(id.expose_secret()),
+            token_id: principal.token_id.clone(),
+            csrf: csrf.clone(),
+            created_at: at,
+            expires_at: at + chrono::Duration::hours(SESSION_HOURS),
+        };
+        self.store.create_session(record).await?;
+        Ok(Some((Session { id, csrf }, principal)))
+    }
+
+    /// The principal and CSRF token of a live session.
+    pub async fn session(
+        &self,
+        id: &str,
+        source: Option<String>,
+    ) -> AppResult<Option<(Principal, String)>> {
+        if id.len() > 100 {
+            return Ok(None);
+        }
+        let Some((session, token, tenant)) = self
+            .store
+            .find_session(crypto::token_hash(id), now())
+            .await?
+        else {
+            return Ok(None);
+        };
+        let Some(role) = Role::parse(&token.role) else {
+            return Ok(None);
+        };
+        let principal = Principal {
+            token_id: token.id,
+            token_name: token.name,
+            tenant_id: tenant.id,
+            tenant_name: tenant.name,
+            tenant_is_operator: tenant.is_operator,
+            role,
+            source,
+        };
+        Ok(Some((principal, session.csrf)))
+    }
+
+    pub async fn sign_out(&self, id: &str) -> AppResult<()> {
+        Ok(self.store.delete_session(crypto::token_hash(id)).await?)
+    }
+
     /// Resolves a bearer token to its principal; `None` for an unknown or revoked token.
     pub async fn authenticate(
         &self,
@@ -70,6 +139,7 @@ impl App {
             token_id: token.id,
             token_name: token.name,
             tenant_id: tenant.id,
+            tenant_name: tenant.name,
             tenant_is_operator: tenant.is_operator,
             role,
             source,

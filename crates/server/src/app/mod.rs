@@ -75,6 +75,7 @@ pub struct Principal {
     pub token_id: String,
     pub token_name: String,
     pub tenant_id: String,
+    pub tenant_name: String,
     pub tenant_is_operator: bool,
     pub role: Role,
     pub source: Option<String>,

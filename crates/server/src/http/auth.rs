@@ -1,37 +1,84 @@
-//! Bearer-token authentication: turns `Authorization: Bearer lk_…` into the
-//! application's [`Principal`]. Every `/v1` handler except the OpenAPI
-//! document takes a `Principal`, so no handler can forget to authenticate.
+//! Authentication at the edge: `Authorization: Bearer lk_…` for programs, or
+//! the dashboard's session cookie for people. Every `/v1` handler except the
+//! OpenAPI document takes a `Principal`, so no handler can forget to
+//! authenticate. A cookie-authenticated request that changes state must echo
+//! the session's CSRF token in `X-CSRF-Token`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::extract::{ConnectInfo, FromRequestParts};
-use axum::http::{header, request::Parts};
+use axum::http::{header, request::Parts, HeaderMap, Method, StatusCode};
+use subtle::ConstantTimeEq;
 
 use super::error::ApiError;
 use crate::app::{App, Principal};
+
+pub const SESSION_COOKIE: &str = "lk_session";
+pub const CSRF_HEADER: &str = "x-csrf-token";
+
+/// The value of a cookie, if the request carries it.
+pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|c| c.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
+}
+
+/// Whether two tokens are equal, in time independent of where they differ.
+pub fn same_token(a: &str, b: &str) -> bool {
+    a.len() == b.len() && bool::from(a.as_bytes().ct_eq(b.as_bytes()))
+}
 
 impl FromRequestParts<Arc<App>> for Principal {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, app: &Arc<App>) -> Result<Self, ApiError> {
-        let value = parts.headers.get(header::AUTHORIZATION).ok_or_else(|| {
-            ApiError::unauthenticated("Send a management token: Authorization: Bearer lk_…")
-        })?;
-        let token = value
-            .to_str()
-            .ok()
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim)
-            .ok_or_else(|| {
-                ApiError::unauthenticated("The Authorization header must be: Bearer lk_…")
-            })?;
         let source = parts
             .extensions
             .get::<ConnectInfo<SocketAddr>>()
             .map(|c| c.0.ip().to_string());
-        app.authenticate(token, source)
+        if let Some(value) = parts.headers.get(header::AUTHORIZATION) {
+            let token = value
+                .to_str()
+                .ok()
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .map(str::trim)
+                .ok_or_else(|| {
+                    ApiError::unauthenticated("The Authorization header must be: Bearer lk_…")
+                })?;
+            return app.authenticate(token, source).await?.ok_or_else(|| {
+                ApiError::unauthenticated("The token is unknown or has been revoked.")
+            });
+        }
+        let Some(session) = cookie(&parts.headers, SESSION_COOKIE) else {
+            return Err(ApiError::unauthenticated(
+                "Send a management token: Authorization: Bearer lk_…",
+            ));
+        };
+        let (principal, csrf) = app
+            .session(session, source)
             .await?
-            .ok_or_else(|| ApiError::unauthenticated("The token is unknown or has been revoked."))
+            .ok_or_else(|| ApiError::unauthenticated("The session has ended; sign in again."))?;
+        let safe = matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS);
+        if !safe {
+            let sent = parts
+                .headers
+                .get(CSRF_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
+            if !same_token(sent, &csrf) {
+                return Err(ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "csrf",
+                    "This change needs the page's X-CSRF-Token header; reload the page and try again.",
+                ));
+            }
+        }
+        Ok(principal)
     }
 }

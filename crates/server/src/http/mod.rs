@@ -6,6 +6,7 @@
 pub mod auth;
 pub mod catalog;
 pub mod credentials;
+pub mod dashboard;
 pub mod error;
 pub mod events;
 pub mod identity;
@@ -118,6 +119,12 @@ pub fn router(app: Arc<App>) -> Router {
             "/v1/openapi.json",
             get(move || async move { Json(spec.as_ref().clone()) }),
         )
+        .route("/", get(dashboard::root))
+        .route("/login", get(dashboard::login_form).post(dashboard::login))
+        .route("/logout", axum::routing::post(dashboard::logout))
+        .route("/app/credentials", get(dashboard::credentials_page))
+        .route("/assets/app.js", get(dashboard::app_js))
+        .route("/assets/app.css", get(dashboard::app_css))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .route("/readyz", get(readyz))
@@ -141,6 +148,10 @@ async fn security_headers(mut res: Response) -> Response {
         HeaderValue::from_static("no-referrer"),
     );
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(dashboard::CONTENT_SECURITY_POLICY),
+    );
     res
 }
 

@@ -9,4 +9,5 @@ mod identity;
 mod ingress;
 mod openapi;
 mod services;
+mod sessions;
 mod validation;

@@ -358,8 +358,10 @@ async fn misbehaving_scripts_are_stopped_and_never_take_the_server_down() {
     let problem: Value = res.json().await.unwrap();
     assert_eq!(problem["code"], "malformed_payload", "{problem}");
     let detail = problem["detail"].as_str().unwrap();
+    // The size limit stops it within microseconds; on a starved machine the
+    // wall-time limit may come first, which is as good an answer.
     assert!(
-        detail.contains("limit"),
+        detail.contains("limit") || detail.contains("longer than"),
         "the detail names the limit: {detail}"
     );
     assert!(took < Duration::from_secs(3), "took {took:?}");
