@@ -8,6 +8,8 @@
 //! another row or field fails to open. Random 192-bit nonces make nonce reuse
 //! a non-concern for the number of messages one key will ever seal.
 
+pub mod export;
+
 use std::fmt;
 use std::fs;
 use std::io::Write;

@@ -274,6 +274,8 @@ pub trait Store: Send + Sync + 'static {
     async fn delete_credential(&self, tenant: &str, id: &str, audit: AuditEntry) -> Result<()>;
 
     async fn list_audit(&self, tenant: &str, page: PageRequest<'_>) -> Result<Page<AuditEntry>>;
+    /// Records an action that changes no record (an export, say).
+    async fn record_audit(&self, audit: AuditEntry) -> Result<()>;
 
     /// Records the result of a token validation (not a change of the
     /// credential's definition, so the version stays).

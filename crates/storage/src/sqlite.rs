@@ -680,6 +680,10 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn record_audit(&self, audit: AuditEntry) -> Result<()> {
+        self.write(move |c| write_audit(c, &audit)).await
+    }
+
     async fn set_credential_status(
         &self,
         tenant: &str,

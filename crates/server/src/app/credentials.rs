@@ -560,3 +560,138 @@ fn seal_all(
     }
     Ok((sealed, meta))
 }
+
+/// The content of an export file before sealing: tenant-neutral definitions
+/// and their secrets.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct ExportContent {
+    pub kind: String,
+    pub format: u32,
+    pub exported_at: chrono::DateTime<chrono::Utc>,
+    pub credentials: Vec<ExportedCredential>,
+}
+
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct ExportedCredential {
+    pub name: String,
+    pub description: String,
+    pub integration: String,
+    pub auth_type: String,
+    pub services: BTreeMap<String, String>,
+    pub scopes: Vec<String>,
+    pub config_params: Vec<ExportedParam>,
+}
+
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct ExportedParam {
+    pub key: String,
+    pub value: String,
+    pub secret: bool,
+}
+
+pub const EXPORT_KIND: &str = "latchkey.credentials";
+pub const MIN_PASSPHRASE: usize = 12;
+
+impl App {
+    /// Seals the named credentials (all of the tenant's when `ids` is empty)
+    /// into an export file with a passphrase. There is no unsealed export.
+    pub async fn export_credentials(
+        &self,
+        p: &Principal,
+        ids: &[String],
+        passphrase: SecretString,
+    ) -> AppResult<Vec<u8>> {
+        use secrecy::ExposeSecret;
+        p.require(Role::Developer, "A viewer cannot export credentials.")?;
+        if passphrase.expose_secret().chars().count() < MIN_PASSPHRASE {
+            return Err(AppError::Validation(vec![FieldError::new(
+                "passphrase",
+                "too_short",
+                format!("Use a passphrase of at least {MIN_PASSPHRASE} characters; it is the only way to open the file."),
+            )]));
+        }
+        let ids: Vec<String> = if ids.is_empty() {
+            let mut all = Vec::new();
+            let mut after: Option<String> = None;
+            loop {
+                let page = self
+                    .store
+                    .list_credentials(
+                        &p.tenant_id,
+                        &CredentialFilter::default(),
+                        PageRequest {
+                            limit: MAX_LIMIT,
+                            after: after.as_deref(),
+                        },
+                    )
+                    .await?;
+                all.extend(page.items.into_iter().map(|c| c.id));
+                match page.next_cursor {
+                    Some(c) => after = Some(c),
+                    None => break all,
+                }
+            }
+        } else {
+            ids.to_vec()
+        };
+        let mut credentials = Vec::with_capacity(ids.len());
+        for id in &ids {
+            let record = self.get_credential(p, id).await?;
+            let secrets = self.open_secrets(&p.tenant_id, id).await?;
+            let mut config_params: Vec<ExportedParam> = record
+                .params
+                .iter()
+                .map(|(k, v)| ExportedParam {
+                    key: k.clone(),
+                    value: v.clone(),
+                    secret: false,
+                })
+                .collect();
+            config_params.extend(secrets.iter().map(|(k, v)| ExportedParam {
+                key: k.clone(),
+                value: v.expose_secret().to_string(),
+                secret: true,
+            }));
+            credentials.push(ExportedCredential {
+                name: record.name,
+                description: record.description,
+                integration: record.integration_id,
+                auth_type: record.auth_type,
+                services: record.services,
+                scopes: record.scopes,
+                config_params,
+            });
+        }
+        let content = ExportContent {
+            kind: EXPORT_KIND.into(),
+            format: 1,
+            exported_at: now(),
+            credentials,
+        };
+        let plain =
+            zeroize::Zeroizing::new(serde_json::to_vec(&content).map_err(anyhow::Error::from)?);
+        drop(content);
+        // Argon2id is deliberately slow: keep it off the async threads.
+        let file = tokio::task::spawn_blocking(move || crypto::export::seal(&passphrase, &plain))
+            .await
+            .map_err(|e| anyhow::anyhow!("export task: {e}"))?
+            .map_err(anyhow::Error::from)?;
+        let target = if ids.len() == 1 {
+            ids[0].clone()
+        } else {
+            p.tenant_id.clone()
+        };
+        let audit = p.audit(
+            "credential.export",
+            if ids.len() == 1 {
+                "credential"
+            } else {
+                "tenant"
+            },
+            &target,
+            serde_json::json!({ "credentials": ids }),
+        );
+        self.store.record_audit(audit).await?;
+        Ok(file)
+    }
+}

@@ -550,3 +550,47 @@ pub async fn delete_user_mapping(
     app.delete_user_mapping(&p, &id, &app_user_id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExportRequest {
+    /// Seals the file; at least 12 characters. Needed to import it anywhere.
+    #[schema(value_type = String, format = Password)]
+    pub passphrase: SecretString,
+    /// Credentials to export; all of the tenant's when left out.
+    #[serde(default)]
+    pub ids: Vec<String>,
+}
+
+#[utoipa::path(post, path = "/v1/credentials/export", tag = "credentials",
+    request_body = ExportRequest,
+    responses(
+        (status = 200, description = "The sealed export file (Argon2id + XChaCha20-Poly1305)", content_type = "application/octet-stream"),
+        (status = 400, body = Problem), (status = 401, body = Problem), (status = 403, body = Problem),
+        (status = 404, body = Problem), (status = 413, body = Problem), (status = 422, body = Problem)),
+    security(("bearer" = [])))]
+pub async fn export_credentials(
+    State(app): State<Arc<App>>,
+    p: Principal,
+    JsonBody(body): JsonBody<ExportRequest>,
+) -> Result<Response, ApiError> {
+    let count = body.ids.len();
+    let file = app
+        .export_credentials(&p, &body.ids, body.passphrase)
+        .await?;
+    let name = if count == 1 {
+        format!("latchkey-{}.lkx", body.ids[0])
+    } else {
+        "latchkey-credentials.lkx".into()
+    };
+    let mut res = (StatusCode::OK, file).into_response();
+    let h = res.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    if let Ok(v) = HeaderValue::from_str(&format!("attachment; filename=\"{name}\"")) {
+        h.insert(header::CONTENT_DISPOSITION, v);
+    }
+    Ok(res)
+}

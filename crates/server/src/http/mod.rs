@@ -80,6 +80,7 @@ pub fn api() -> (Router<Arc<App>>, utoipa::openapi::OpenApi) {
             credentials::list_credentials
         ))
         .routes(routes!(credentials::validate_credential))
+        .routes(routes!(credentials::export_credentials))
         .routes(routes!(
             credentials::get_credential,
             credentials::update_credential,

@@ -475,3 +475,128 @@ async fn malformed_oversized_and_unknown_bodies_get_clear_problems() {
         "not_found"
     );
 }
+
+#[tokio::test]
+async fn an_export_is_sealed_with_a_passphrase_and_carries_the_secrets() {
+    let app = spawn_app().await;
+    let key = twilio_key('x');
+    let mut body = twilio("Exported", &key);
+    body["config_params"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({ "key": "webhook_secret", "value": "abcdefabcdefabcdefabcdefabcdef12" }));
+    let id = app.create(&body).await["id"].as_str().unwrap().to_string();
+    app.create(&stripe("Also here")).await;
+
+    let res = app
+        .post(
+            "/v1/credentials/export",
+            &json!({ "passphrase": "short", "ids": [id] }),
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(
+        error_fields(&res.json::<Value>().await.unwrap()),
+        ["passphrase"]
+    );
+
+    let passphrase = "a long and careful passphrase";
+    let res = app
+        .post(
+            "/v1/credentials/export",
+            &json!({ "passphrase": passphrase, "ids": [id] }),
+        )
+        .await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.headers()["content-type"], "application/octet-stream");
+    assert!(res.headers()["content-disposition"]
+        .to_str()
+        .unwrap()
+        .contains(".lkx"));
+    let file = res.bytes().await.unwrap().to_vec();
+    assert!(
+        !file.windows(key.len()).any(|w| w == key.as_bytes()),
+        "the key is sealed, not in the clear"
+    );
+
+    let opened =
+        crypto::export::open(&secrecy::SecretString::from(passphrase.to_string()), &file).unwrap();
+    let content: Value = serde_json::from_slice(&opened).unwrap();
+    assert_eq!(content["kind"], "latchkey.credentials");
+    let creds = content["credentials"].as_array().unwrap();
+    assert_eq!(creds.len(), 1);
+    assert_eq!(creds[0]["name"], "Exported");
+    assert!(
+        creds[0].get("tenant_id").is_none() && !content.to_string().contains("ten_"),
+        "tenant-neutral"
+    );
+    let param = |k: &str| {
+        creds[0]["config_params"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["key"] == k)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(param("api_key")["value"], key);
+    assert_eq!(param("api_key")["secret"], true);
+    assert_eq!(param("account_sid")["secret"], false);
+    let wrong = crypto::export::open(
+        &secrecy::SecretString::from("not the passphrase".to_string()),
+        &file,
+    );
+    assert_eq!(
+        wrong.unwrap_err(),
+        crypto::export::ExportError::WrongPassphraseOrTampered
+    );
+
+    // Without ids: every credential of the tenant.
+    let all = app
+        .post(
+            "/v1/credentials/export",
+            &json!({ "passphrase": passphrase }),
+        )
+        .await
+        .bytes()
+        .await
+        .unwrap();
+    let opened =
+        crypto::export::open(&secrecy::SecretString::from(passphrase.to_string()), &all).unwrap();
+    let content: Value = serde_json::from_slice(&opened).unwrap();
+    assert_eq!(content["credentials"].as_array().unwrap().len(), 2);
+
+    let audit: Value = app.get("/v1/audit").await.json().await.unwrap();
+    assert_eq!(audit["items"][0]["action"], "credential.export");
+    assert!(!audit.to_string().contains(&key) && !audit.to_string().contains(passphrase));
+
+    let viewer = app.token_with_role("viewer").await;
+    let res = app
+        .req(Method::POST, "/v1/credentials/export", &viewer)
+        .json(&json!({ "passphrase": passphrase }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::FORBIDDEN);
+    let other: Value = app
+        .post("/v1/tenants", &json!({ "name": "Other" }))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let res = app
+        .req(
+            Method::POST,
+            "/v1/credentials/export",
+            other["admin_token"]["token"].as_str().unwrap(),
+        )
+        .json(&json!({ "passphrase": passphrase, "ids": [id] }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        res.status(),
+        StatusCode::NOT_FOUND,
+        "another tenant's credential cannot be exported"
+    );
+}

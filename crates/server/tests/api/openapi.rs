@@ -28,6 +28,7 @@ const OPERATIONS: &[&str] = &[
     "POST /actions/{id}",
     "POST /hooks/{id}",
     "POST /v1/credentials",
+    "POST /v1/credentials/export",
     "POST /v1/credentials/validate",
     "POST /v1/credentials/{id}/validate",
     "POST /v1/services",
