@@ -410,21 +410,7 @@ impl App {
                 for (field, value) in &checked.new_secrets {
                     secrets.insert(field.clone(), value.clone());
                 }
-                let service = record
-                    .services
-                    .get(domain::ServiceRole::TokenValidation.as_str())
-                    .cloned()
-                    .unwrap_or_default();
-                let outcome = self
-                    .run_validation(
-                        &p.tenant_id,
-                        &record.integration_id,
-                        &service,
-                        &record.params,
-                        &secrets,
-                    )
-                    .await?;
-                accept(outcome)?
+                accept(self.validate_record(&record, &secrets).await?)?
             } else {
                 (
                     CredentialStatus::Unverified,

@@ -50,6 +50,28 @@ impl App {
             .await)
     }
 
+    /// Calls the provider for a credential as stored (with `secrets` as they
+    /// are or are about to be).
+    pub(crate) async fn validate_record(
+        &self,
+        record: &CredentialRecord,
+        secrets: &BTreeMap<String, SecretString>,
+    ) -> AppResult<Outcome> {
+        let service = record
+            .services
+            .get(ServiceRole::TokenValidation.as_str())
+            .cloned()
+            .unwrap_or_default();
+        self.run_validation(
+            &record.tenant_id,
+            &record.integration_id,
+            &service,
+            &record.params,
+            secrets,
+        )
+        .await
+    }
+
     /// Re-runs validation of a stored credential and records the result.
     pub async fn revalidate_credential(
         &self,
@@ -59,20 +81,7 @@ impl App {
         p.require(Role::Developer, "A viewer cannot run checks.")?;
         let record = self.get_credential(p, id).await?;
         let secrets = self.open_secrets(&p.tenant_id, id).await?;
-        let service = record
-            .services
-            .get(ServiceRole::TokenValidation.as_str())
-            .cloned()
-            .unwrap_or_default();
-        let outcome = self
-            .run_validation(
-                &p.tenant_id,
-                &record.integration_id,
-                &service,
-                &record.params,
-                &secrets,
-            )
-            .await?;
+        let outcome = self.validate_record(&record, &secrets).await?;
         let (status, message) = status_of(&outcome);
         let at = now();
         let audit = p.audit(

@@ -158,6 +158,13 @@ pub async fn update_service(
     headers: HeaderMap,
     JsonBody(body): JsonBody<ServiceBody>,
 ) -> Result<Json<Service>, ApiError> {
+    if app.catalog.service(&id).is_some() {
+        // Say what is wrong first: a built-in cannot change, whatever its version.
+        return Err(crate::app::AppError::Forbidden(
+            "Built-in services cannot be changed; create your own instead.",
+        )
+        .into());
+    }
     let version = if_match(&headers)?;
     Ok(Json(
         app.update_service(&p, &id, version, q.force, body.input())
