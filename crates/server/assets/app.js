@@ -13,11 +13,13 @@
  *    data attributes and the `hidden` attribute.
  *  - Secrets are write-only: typed secrets are read from the inputs only to
  *    build a request, are never kept in JS state, and the inputs are wiped
- *    whenever the Add/Edit dialog closes.
+ *    whenever the Add/Edit dialog closes. The same holds for the export
+ *    passphrase and the Export dialog; an export is only ever the sealed
+ *    file the server makes.
  *
  * Sections: helpers · API · toast · focus · list (filters, table, pages) ·
  * Add/Edit dialog (step 1, step 2, errors, save) · View dialog · Test ·
- * Delete · start-up.
+ * Delete · Export · start-up.
  */
 (() => {
   'use strict';
@@ -28,6 +30,12 @@
   const SEARCH_DEBOUNCE_MS = 250;
   const TOAST_MS = 4000;
   const EVENTS_SHOWN = 10;
+  /** The server's minimum too: a shorter passphrase is refused with a 422. */
+  const EXPORT_MIN_PASSPHRASE = 12;
+  /** The download's name when the answer carries none. */
+  const EXPORT_FILENAME = 'latchkey-export.lkx';
+  /** How long a download's object URL lives; revoking it at once can cancel the download. */
+  const OBJECT_URL_MS = 60 * 1000;
 
   /** The five service roles, in the order of the design's user journey. */
   const ROLES = [
@@ -40,7 +48,7 @@
 
   const STATUS_LABELS = { valid: 'Valid', invalid: 'Invalid', unverified: 'Unverified' };
   const AUTH_TYPE_LABELS = { api_key: 'API Key' };
-  const ACTIONS = [['view', 'View'], ['edit', 'Edit'], ['test', 'Test'], ['delete', 'Delete']];
+  const ACTIONS = [['view', 'View'], ['edit', 'Edit'], ['test', 'Test'], ['delete', 'Delete'], ['export', 'Export']];
   const COLUMN_LABELS = {
     name: 'Name',
     integration: 'Integration',
@@ -193,12 +201,17 @@
   const csrfMeta = document.querySelector('meta[name="csrf-token"]');
   const csrf = csrfMeta ? csrfMeta.getAttribute('content') || '' : '';
 
+  const NETWORK_PROBLEM = {
+    code: 'network',
+    detail: 'Latchkey could not be reached. Check the connection and try again.',
+  };
+
   /**
-   * Calls the API. Resolves to `{ ok, status, data }` where `data` is the
-   * JSON body (a problem document on failure). A 401 means the session ended:
-   * the page goes to /login and the promise never settles.
+   * Sends a request with the session cookie and the CSRF token. Resolves to
+   * the Response, or null when the server could not be reached. A 401 means
+   * the session ended: the page goes to /login and the promise never settles.
    */
-  async function api(method, path, body, extraHeaders = {}) {
+  async function send(method, path, body, headers) {
     const init = {
       method,
       credentials: 'same-origin',
@@ -206,8 +219,7 @@
       headers: {
         'X-CSRF-Token': csrf,
         'Content-Type': 'application/json',
-        Accept: 'application/json, application/problem+json',
-        ...extraHeaders,
+        ...headers,
       },
     };
     if (body !== undefined) init.body = JSON.stringify(body);
@@ -215,16 +227,17 @@
     try {
       res = await fetch(path, init);
     } catch (_) {
-      return {
-        ok: false,
-        status: 0,
-        data: { code: 'network', detail: 'Latchkey could not be reached. Check the connection and try again.' },
-      };
+      return null;
     }
     if (res.status === 401) {
       window.location.assign('/login');
       return new Promise(() => {});
     }
+    return res;
+  }
+
+  /** The JSON body of an answer, or null; a failure without one gets a made-up problem. */
+  async function readJson(res) {
     let data = null;
     const type = res.headers.get('Content-Type') || '';
     if (res.status !== 204 && type.includes('json')) {
@@ -237,7 +250,71 @@
     if (!res.ok && !data) {
       data = { code: `http_${res.status}`, detail: `The server answered ${res.status} ${res.statusText}.`.trim() };
     }
-    return { ok: res.ok, status: res.status, data };
+    return data;
+  }
+
+  /**
+   * Calls the API. Resolves to `{ ok, status, data }` where `data` is the
+   * JSON body (a problem document on failure). A 401 means the session ended:
+   * the page goes to /login and the promise never settles.
+   */
+  async function api(method, path, body, extraHeaders = {}) {
+    const res = await send(method, path, body, {
+      Accept: 'application/json, application/problem+json',
+      ...extraHeaders,
+    });
+    if (!res) return { ok: false, status: 0, data: { ...NETWORK_PROBLEM } };
+    return { ok: res.ok, status: res.status, data: await readJson(res) };
+  }
+
+  /**
+   * Calls an API that answers with a file. Resolves like api(), plus, on
+   * success, `blob` (the file) and `filename` (from Content-Disposition, or
+   * `fallbackName`).
+   */
+  async function apiFile(method, path, body, fallbackName) {
+    const res = await send(method, path, body, { Accept: 'application/octet-stream, application/problem+json' });
+    if (!res) return { ok: false, status: 0, data: { ...NETWORK_PROBLEM } };
+    if (!res.ok) return { ok: false, status: res.status, data: await readJson(res) };
+    let blob;
+    try {
+      blob = await res.blob();
+    } catch (_) {
+      return { ok: false, status: 0, data: { ...NETWORK_PROBLEM } };
+    }
+    const filename = attachmentName(res.headers.get('Content-Disposition'), fallbackName);
+    return { ok: true, status: res.status, data: null, blob, filename };
+  }
+
+  /** The file name a Content-Disposition header gives, as a bare name; `fallback` without one. */
+  function attachmentName(header, fallback) {
+    const text = String(header || '');
+    let name = '';
+    const extended = /filename\*\s*=\s*utf-8''([^;\s]+)/i.exec(text);
+    if (extended) {
+      try {
+        name = decodeURIComponent(extended[1]);
+      } catch (_) {
+        name = '';
+      }
+    }
+    if (!name) {
+      const plain = /filename\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^;\s]+))/i.exec(text);
+      if (plain) name = plain[1] !== undefined ? plain[1].replace(/\\(.)/g, '$1') : plain[2];
+    }
+    // Never a path: only the last segment, without control characters.
+    name = name.split(/[\\/]/).pop().replace(/[\u0000-\u001f\u007f]/g, '').trim();
+    return name && name !== '.' && name !== '..' ? name : fallback;
+  }
+
+  /** Hands a file to the browser's downloads through a temporary link. */
+  function saveFile(blob, filename) {
+    const url = URL.createObjectURL(blob);
+    const link = el('a', { href: url, download: filename, hidden: true });
+    document.body.append(link);
+    link.click();
+    link.remove();
+    setTimeout(() => URL.revokeObjectURL(url), OBJECT_URL_MS);
   }
 
   function problemText(res) {
@@ -306,6 +383,9 @@
     integrationsReady: Promise.resolve(),
     integrationDetails: new Map(), // id → Promise<detail | null>
     pendingDelete: null,
+    pendingExport: null, // the credential the Export dialog is for
+    exportSeq: 0, // drops an export answer once its dialog has closed
+    exportBusy: false,
   };
 
   function currentFilters() {
@@ -1543,6 +1623,105 @@
     await loadPage();
   }
 
+  // ------------------------------------------------------------- Export
+
+  function openExport(id, opener) {
+    const dialog = $('export-dialog');
+    const c = findListed(id);
+    if (!c || dialog.open) return;
+    state.pendingExport = c;
+    state.exportSeq += 1;
+    $('export-title').textContent = `Export “${c.name}”`;
+    wipeExportInputs();
+    hideExportError();
+    setExportBusy(false);
+    openModal(dialog, opener);
+    $('export-passphrase').focus();
+  }
+
+  /** Clears both passphrase inputs (they are never kept anywhere else). */
+  function wipeExportInputs() {
+    $('export-passphrase').value = '';
+    $('export-passphrase-again').value = '';
+  }
+
+  function setExportBusy(busy) {
+    state.exportBusy = busy;
+    // aria-busy rather than disabled: disabling the focused button would drop focus.
+    if (busy) $('export-confirm').setAttribute('aria-busy', 'true');
+    else $('export-confirm').removeAttribute('aria-busy');
+    $('export-status').textContent = busy ? 'Sealing the file…' : '';
+  }
+
+  /** Shows `message`; with `inputId`, marks that input invalid and focuses it. */
+  function showExportError(message, inputId) {
+    hideExportError();
+    const box = $('export-error');
+    box.textContent = message;
+    box.hidden = false;
+    if (inputId) {
+      const input = $(inputId);
+      input.setAttribute('aria-invalid', 'true');
+      input.focus();
+    }
+  }
+
+  function hideExportError() {
+    const box = $('export-error');
+    box.hidden = true;
+    box.textContent = '';
+    for (const id of ['export-passphrase', 'export-passphrase-again']) $(id).removeAttribute('aria-invalid');
+  }
+
+  /** What is wrong with the typed passphrases before asking the server, or null. */
+  function exportInputProblem(passphrase, again) {
+    if (passphrase !== again) return { input: 'export-passphrase-again', message: 'The passphrases differ.' };
+    if (Array.from(passphrase).length < EXPORT_MIN_PASSPHRASE) {
+      return {
+        input: 'export-passphrase',
+        message: `Use a passphrase of at least ${EXPORT_MIN_PASSPHRASE} characters; it is the only way to open the file.`,
+      };
+    }
+    return null;
+  }
+
+  async function confirmExport() {
+    const c = state.pendingExport;
+    if (!c || state.exportBusy) return;
+    const passphrase = $('export-passphrase').value;
+    const problem = exportInputProblem(passphrase, $('export-passphrase-again').value);
+    if (problem) {
+      showExportError(problem.message, problem.input);
+      return;
+    }
+    hideExportError();
+    const seq = ++state.exportSeq;
+    setExportBusy(true);
+    const res = await apiFile('POST', '/v1/credentials/export', { passphrase, ids: [c.id] }, EXPORT_FILENAME);
+    if (seq !== state.exportSeq) return; // the dialog closed meanwhile: no download
+    setExportBusy(false);
+    if (!res.ok) {
+      const errors = Array.isArray(res.data && res.data.errors) ? res.data.errors : [];
+      const onPassphrase = errors.find((e) => e && e.field === 'passphrase' && e.message);
+      if (onPassphrase) showExportError(onPassphrase.message, 'export-passphrase');
+      else showExportError(problemText(res));
+      return;
+    }
+    // Closed first: the page behind a modal dialog is inert.
+    $('export-dialog').close();
+    saveFile(res.blob, res.filename);
+    toast(`Exported “${c.name}”.`);
+  }
+
+  /** Enter in either passphrase input exports (the buttons are not submit buttons). */
+  function onExportKeydown(event) {
+    if (event.key !== 'Enter' || event.isComposing || event.defaultPrevented) return;
+    if (event.shiftKey || event.ctrlKey || event.altKey || event.metaKey) return;
+    if (event.target.tagName !== 'INPUT') return;
+    event.preventDefault();
+    confirmExport();
+  }
+
   // ------------------------------------------------------------- wiring
 
   let searchTimer = 0;
@@ -1583,6 +1762,9 @@
         break;
       case 'delete':
         openDelete(id, button);
+        break;
+      case 'export':
+        openExport(id, button);
         break;
       default:
         break;
@@ -1639,6 +1821,23 @@
     });
   }
 
+  function bindExportDialog() {
+    const dialog = $('export-dialog');
+    $('export-confirm').addEventListener('click', confirmExport);
+    $('export-cancel').addEventListener('click', () => dialog.close());
+    $('export-passphrase').addEventListener('keydown', onExportKeydown);
+    $('export-passphrase-again').addEventListener('keydown', onExportKeydown);
+    dialog.addEventListener('close', () => {
+      state.pendingExport = null;
+      state.exportSeq += 1;
+      wipeExportInputs();
+      hideExportError();
+      setExportBusy(false);
+      rehomeToast(dialog);
+      restoreFocus(dialog);
+    });
+  }
+
   // ------------------------------------------------------------- start-up
 
   function start() {
@@ -1646,6 +1845,7 @@
     bindCredentialDialog();
     bindViewDialog();
     bindConfirmDialog();
+    bindExportDialog();
     state.integrationsReady = loadIntegrations();
     reloadFromStart();
     setInterval(refreshRelativeTimes, 60 * 1000);

@@ -157,6 +157,49 @@ async fn create_step_2(b: &Browser, key: &str, provider: &str) {
     add_param(b, "base_url", provider).await;
 }
 
+/// A Chrome DevTools command, sent through chromedriver's passthrough.
+#[derive(Debug)]
+struct Cdp {
+    cmd: &'static str,
+    params: Value,
+}
+
+impl fantoccini::wd::WebDriverCompatibleCommand for Cdp {
+    fn endpoint(
+        &self,
+        base: &reqwest::Url,
+        session: Option<&str>,
+    ) -> Result<reqwest::Url, <reqwest::Url as std::str::FromStr>::Err> {
+        base.join(&format!(
+            "session/{}/goog/cdp/execute",
+            session.unwrap_or_default()
+        ))
+    }
+
+    fn method_and_body(&self, _: &reqwest::Url) -> (axum::http::Method, Option<String>) {
+        let body = json!({ "cmd": self.cmd, "params": self.params });
+        (axum::http::Method::POST, Some(body.to_string()))
+    }
+}
+
+/// Downloads go to `dir` (rather than chromedriver's working directory).
+async fn download_to(b: &Browser, dir: &std::path::Path) {
+    let cmd = Cdp {
+        cmd: "Browser.setDownloadBehavior",
+        params: json!({ "behavior": "allow", "downloadPath": dir.display().to_string() }),
+    };
+    b.client
+        .issue_cmd(cmd)
+        .await
+        .expect("set where downloads go");
+}
+
+fn contains(haystack: &[u8], needle: &str) -> bool {
+    haystack
+        .windows(needle.len())
+        .any(|w| w == needle.as_bytes())
+}
+
 fn assert_no_key(source: &str, when: &str) {
     assert!(
         !source.contains(GOOD),
@@ -427,6 +470,72 @@ async fn the_dashboard_journey() {
     b.click_in_row("Twilio prod", ".test").await;
     b.toast("valid").await;
     assert_eq!(b.row("Twilio prod").await.status, "valid");
+
+    // Export: a file sealed with a passphrase typed twice, never the key.
+    let downloads = tempfile::tempdir().expect("a downloads dir");
+    download_to(&b, downloads.path()).await;
+    b.hidden("#toast").await;
+    b.click_in_row("Twilio prod", ".export").await;
+    b.visible("dialog#export-dialog").await;
+    b.text_where(
+        "#export-title",
+        "the export title naming the credential",
+        |t| t.contains("Twilio prod"),
+    )
+    .await;
+    b.eventually("the focus on the passphrase", || async {
+        let id = b.client.active_element().await?.attr("id").await?;
+        Ok((id.as_deref() == Some("export-passphrase")).then_some(()))
+    })
+    .await;
+    assert!(
+        !b.shown_now("#export-error").await,
+        "no error before trying"
+    );
+    // Too short: refused before anything is sent.
+    b.fill("#export-passphrase", "short").await;
+    b.fill("#export-passphrase-again", "short").await;
+    b.click("#export-confirm").await;
+    b.text_where("#export-error", "an error for the short passphrase", |t| {
+        !t.trim().is_empty()
+    })
+    .await;
+    assert!(b.shown_now("dialog#export-dialog").await, "stays open");
+    b.screenshot("09-export.png").await;
+    let passphrase = "twenty-characters-ok";
+    assert_eq!(passphrase.chars().count(), 20);
+    b.fill("#export-passphrase", passphrase).await;
+    b.fill("#export-passphrase-again", passphrase).await;
+    b.click("#export-confirm").await;
+    b.hidden("dialog#export-dialog").await;
+    b.toast("Exported").await;
+    b.eventually("the focus back on the row's Export button", || async {
+        let label = b.client.active_element().await?.attr("aria-label").await?;
+        Ok((label.as_deref() == Some("Export Twilio prod")).then_some(()))
+    })
+    .await;
+    for input in ["#export-passphrase", "#export-passphrase-again"] {
+        let value = b.client.find(Locator::Css(input)).await.unwrap();
+        let value = value.prop("value").await.unwrap().unwrap_or_default();
+        assert_eq!(value, "", "{input} is cleared");
+    }
+    assert_no_key(&b.source().await, "after exporting");
+    let file = downloads.path().join(format!("latchkey-{}.lkx", prod.id));
+    let sealed = b
+        .eventually("the export file to be downloaded", || async {
+            Ok(std::fs::read(&file).ok().filter(|bytes| !bytes.is_empty()))
+        })
+        .await;
+    assert!(!contains(&sealed, GOOD), "the export is sealed");
+    assert!(
+        !contains(&sealed, passphrase),
+        "the passphrase is not in it"
+    );
+    // Escape closes the dialog.
+    b.click_in_row("Twilio prod", ".export").await;
+    b.visible("dialog#export-dialog").await;
+    b.press(Key::Escape).await;
+    b.hidden("dialog#export-dialog").await;
 
     // Delete, after a confirmation naming the credential.
     b.click_in_row("Twilio bad", ".delete").await;
