@@ -1,11 +1,12 @@
 //! The storage contract: one trait, [`Store`], that the application layer calls
-//! and each backend implements (SQLite here; PostgreSQL later). It owns the
+//! and each backend implements (SQLite and PostgreSQL). It owns the
 //! records as stored and the transactions; it knows nothing of HTTP, and it
 //! never sees a secret in the clear (secrets arrive sealed by the crypto crate).
 //!
 //! Every mutation takes the audit entry that describes it and writes both in
 //! one transaction: there is no change without its audit entry.
 
+mod postgres;
 mod sqlite;
 
 use std::collections::BTreeMap;
@@ -14,6 +15,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -43,6 +45,20 @@ pub struct Page<T> {
     pub items: Vec<T>,
     pub next_cursor: Option<String>,
 }
+
+/// Cuts a `limit + 1` result to a page; the cursor is the last item's id.
+pub(crate) fn page<T>(mut items: Vec<T>, limit: usize, id: impl Fn(&T) -> &str) -> Page<T> {
+    let next_cursor = if items.len() > limit {
+        items.truncate(limit);
+        items.last().map(|i| id(i).to_string())
+    } else {
+        None
+    };
+    Page { items, next_cursor }
+}
+
+/// How many of the newest rows a search looks at before it asks the index.
+pub(crate) const SEARCH_WINDOW: i64 = 2000;
 
 #[derive(Debug, Clone, Copy)]
 pub struct PageRequest<'a> {

@@ -259,17 +259,6 @@ fn token_from_row(r: &Row) -> rusqlite::Result<TokenRecord> {
     })
 }
 
-/// Cuts a `limit + 1` result to a page; the cursor is the last item's id.
-fn page<T>(mut items: Vec<T>, limit: usize, id: impl Fn(&T) -> &str) -> Page<T> {
-    let next_cursor = if items.len() > limit {
-        items.truncate(limit);
-        items.last().map(|i| id(i).to_string())
-    } else {
-        None
-    };
-    Page { items, next_cursor }
-}
-
 fn name_clash(conn: &Connection, tenant: &str, name: &str, except: &str) -> Result<()> {
     let clash: Option<String> = conn
         .prepare_cached("SELECT id FROM credentials WHERE tenant_id = ?1 AND lower(name) = lower(?2) AND id <> ?3")
@@ -1217,9 +1206,6 @@ fn owned_credential(c: &Connection, tenant: &str, credential: &str) -> Result<()
         Err(StoreError::NotFound)
     }
 }
-
-/// How many of the newest rows a search looks at before it asks the index.
-const SEARCH_WINDOW: i64 = 2000;
 
 fn query_credentials(c: &Connection, sql: &str, args: Vec<Value>) -> Result<Vec<CredentialRecord>> {
     let mut s = c.prepare_cached(sql).map_err(backend)?;

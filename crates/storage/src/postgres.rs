@@ -1,0 +1,1516 @@
+//! The PostgreSQL backend: the same contract as the SQLite one, record for
+//! record and error for error, over a pool of `tokio-postgres` connections.
+//!
+//! It owns the schema in `migrations/postgres/` (applied by
+//! [`PostgresStore::connect`] under a transaction-level advisory lock, so
+//! replicas starting together do not race, and tracked in
+//! `schema_migrations`), and one transaction per mutation, holding the
+//! mutation's audit entry. It must not know HTTP, see a secret in the clear,
+//! or batch writes itself: there is no writer thread. Each mutation commits on
+//! its own pooled connection and PostgreSQL groups the commits that arrive
+//! together into shared WAL flushes; with `synchronous_commit` on (the
+//! default) a mutation returns only once its commit is durable.
+//!
+//! Transactions run at READ COMMITTED. Where SQLite's single writer makes a
+//! check-then-write atomic, this backend takes a lock first: the row
+//! (`FOR UPDATE`) before a version check, and a transaction-level advisory
+//! lock on (tenant, lower-cased name) before a name-uniqueness check, so two
+//! writers of one name queue and the second sees the first's row (and answers
+//! [`StoreError::NameTaken`] with its id), as with SQLite.
+//!
+//! [`PostgresStore::connect_in_schema`] keeps every table in one schema (set
+//! as `search_path` on every pooled connection), so several installations,
+//! or tests, can share a database. The server needs the `pg_trgm` extension
+//! (PostgreSQL's contrib); the first migration installs it in `public` unless
+//! it is installed already. Connections are plain TCP or socket (`NoTls`).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Pool, RecyclingMethod};
+use tokio_postgres::types::{Json, ToSql};
+use tokio_postgres::{NoTls, Row};
+
+use crate::*;
+
+/// The migrations by version, in the order they apply.
+const MIGRATIONS: &[(i32, &str)] = &[
+    (1, include_str!("../migrations/postgres/0001_init.sql")),
+    (
+        2,
+        include_str!("../migrations/postgres/0002_services_events.sql"),
+    ),
+    (3, include_str!("../migrations/postgres/0003_sessions.sql")),
+];
+
+/// Key of the advisory lock held while migrating ("latchkey" in ASCII).
+/// Advisory locks are per database, so this serialises the migrations of
+/// every schema of the database (which also keeps their shared
+/// `CREATE EXTENSION` from racing).
+const MIGRATION_LOCK: i64 = 0x6c61_7463_686b_6579;
+
+/// Most connections the pool opens.
+const POOL_SIZE: usize = 16;
+
+/// How long connecting may take when the URL does not say.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Which kind of name an advisory lock guards: the first key of the two-key
+/// advisory lock, a key space apart from the migration lock's.
+#[derive(Debug, Clone, Copy)]
+enum NameLock {
+    Tenant = 1,
+    Credential = 2,
+    Service = 3,
+}
+
+pub struct PostgresStore {
+    pool: Pool,
+    schema: Option<String>,
+}
+
+/// A driver error with the server's message (the driver's own `Display`
+/// says only "db error").
+fn pg(e: tokio_postgres::Error) -> StoreError {
+    backend(&e)
+}
+
+fn backend(e: &dyn std::error::Error) -> StoreError {
+    let mut message = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let part = s.to_string();
+        if !message.contains(&part) {
+            message.push_str(": ");
+            message.push_str(&part);
+        }
+        source = s.source();
+    }
+    StoreError::Backend(message)
+}
+
+/// Whole milliseconds, as the SQLite backend keeps times.
+fn ms(t: DateTime<Utc>) -> DateTime<Utc> {
+    DateTime::from_timestamp_millis(t.timestamp_millis()).unwrap_or(t)
+}
+
+/// A schema name that needs no quoting anywhere (search_path, DDL, options).
+fn check_schema_name(schema: &str) -> Result<()> {
+    let mut chars = schema.chars();
+    let valid = schema.len() <= 63
+        && chars
+            .next()
+            .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    if valid {
+        Ok(())
+    } else {
+        Err(StoreError::Backend(format!(
+            "invalid schema name {schema:?}: use lowercase letters, digits and _"
+        )))
+    }
+}
+
+/// Escapes `LIKE`'s wildcards and its escape character (`\`, the default).
+fn like_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if matches!(c, '\\' | '%' | '_') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+impl PostgresStore {
+    /// Connects and applies the migrations that are not yet applied.
+    pub async fn connect(url: &str) -> Result<PostgresStore> {
+        let store = Self::open_unmigrated(url, None)?;
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    /// Like [`PostgresStore::connect`], with every table in `schema` (created
+    /// if missing), which becomes the `search_path` of every connection.
+    pub async fn connect_in_schema(url: &str, schema: &str) -> Result<PostgresStore> {
+        let store = Self::open_unmigrated(url, Some(schema))?;
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    /// A store that applies no migrations and connects on first use: for
+    /// [`PostgresStore::migration_status`] without changing anything. Its
+    /// other methods need the schema that [`PostgresStore::migrate`] makes.
+    pub fn open_unmigrated(url: &str, schema: Option<&str>) -> Result<PostgresStore> {
+        let mut config: tokio_postgres::Config = url.parse().map_err(pg)?;
+        if let Some(schema) = schema {
+            check_schema_name(schema)?;
+            let option = format!("-c search_path={schema}");
+            let options = match config.get_options() {
+                Some(given) => format!("{given} {option}"),
+                None => option,
+            };
+            config.options(options);
+        }
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(CONNECT_TIMEOUT);
+        }
+        if config.get_application_name().is_none() {
+            config.application_name("latchkey");
+        }
+        let manager = Manager::from_config(
+            config,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(POOL_SIZE)
+            .build()
+            .map_err(|e| backend(&e))?;
+        Ok(PostgresStore {
+            pool,
+            schema: schema.map(str::to_string),
+        })
+    }
+
+    /// Applies the migrations not yet applied, in one transaction under the
+    /// migration lock; returns the versions it applied.
+    pub async fn migrate(&self) -> Result<Vec<i32>> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg)?;
+        exec(&tx, "SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK]).await?;
+        if let Some(schema) = &self.schema {
+            tx.batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS {schema}"))
+                .await
+                .map_err(pg)?;
+        }
+        tx.batch_execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations (
+                 version    INT PRIMARY KEY,
+                 applied_at TIMESTAMPTZ NOT NULL
+             )",
+        )
+        .await
+        .map_err(pg)?;
+        let applied = applied_versions(&tx).await?;
+        let mut done = Vec::new();
+        for (version, sql) in MIGRATIONS {
+            if applied.contains(version) {
+                continue;
+            }
+            tx.batch_execute(sql).await.map_err(|e| match pg(e) {
+                StoreError::Backend(m) => {
+                    StoreError::Backend(format!("migration {version} failed: {m}"))
+                }
+                other => other,
+            })?;
+            exec(
+                &tx,
+                "INSERT INTO schema_migrations (version, applied_at) VALUES ($1, now())",
+                &[version],
+            )
+            .await?;
+            done.push(*version);
+        }
+        tx.commit().await.map_err(pg)?;
+        Ok(done)
+    }
+
+    /// Every migration this build knows, and whether it is applied; versions
+    /// applied by a newer build show too, as applied.
+    pub async fn migration_status(&self) -> Result<Vec<(i32, bool)>> {
+        let client = self.client().await?;
+        let tracked: bool = client
+            .query_one("SELECT to_regclass('schema_migrations') IS NOT NULL", &[])
+            .await
+            .and_then(|r| r.try_get(0))
+            .map_err(pg)?;
+        let applied = if tracked {
+            applied_versions(&client).await?
+        } else {
+            Vec::new()
+        };
+        let mut status: Vec<(i32, bool)> = MIGRATIONS
+            .iter()
+            .map(|(v, _)| (*v, applied.contains(v)))
+            .collect();
+        for v in applied {
+            if !MIGRATIONS.iter().any(|(known, _)| *known == v) {
+                status.push((v, true));
+            }
+        }
+        status.sort_unstable();
+        Ok(status)
+    }
+
+    async fn client(&self) -> Result<deadpool_postgres::Client> {
+        self.pool.get().await.map_err(|e| backend(&e))
+    }
+}
+
+async fn applied_versions(c: &impl GenericClient) -> Result<Vec<i32>> {
+    rows(c, "SELECT version FROM schema_migrations", &[])
+        .await?
+        .iter()
+        .map(|r| r.try_get(0))
+        .collect::<std::result::Result<_, _>>()
+        .map_err(pg)
+}
+
+type Params<'a> = &'a [&'a (dyn ToSql + Sync)];
+
+async fn exec(c: &impl GenericClient, sql: &str, params: Params<'_>) -> Result<u64> {
+    let s = c.prepare_cached(sql).await.map_err(pg)?;
+    c.execute(&s, params).await.map_err(pg)
+}
+
+async fn rows(c: &impl GenericClient, sql: &str, params: Params<'_>) -> Result<Vec<Row>> {
+    let s = c.prepare_cached(sql).await.map_err(pg)?;
+    c.query(&s, params).await.map_err(pg)
+}
+
+async fn row(c: &impl GenericClient, sql: &str, params: Params<'_>) -> Result<Option<Row>> {
+    let s = c.prepare_cached(sql).await.map_err(pg)?;
+    c.query_opt(&s, params).await.map_err(pg)
+}
+
+/// Maps every row, failing on the first that does not convert.
+fn map_rows<T>(
+    rows: &[Row],
+    f: impl Fn(&Row) -> std::result::Result<T, tokio_postgres::Error>,
+) -> Result<Vec<T>> {
+    rows.iter()
+        .map(f)
+        .collect::<std::result::Result<_, _>>()
+        .map_err(pg)
+}
+
+/// The parameters of a statement built at run time.
+#[derive(Default)]
+struct Args(Vec<Box<dyn ToSql + Sync + Send>>);
+
+impl Args {
+    /// Adds a parameter; returns its placeholder.
+    fn bind(&mut self, value: impl ToSql + Sync + Send + 'static) -> String {
+        self.0.push(Box::new(value));
+        format!("${}", self.0.len())
+    }
+
+    fn refs(&self) -> Vec<&(dyn ToSql + Sync)> {
+        self.0.iter().map(|b| &**b as &(dyn ToSql + Sync)).collect()
+    }
+}
+
+async fn write_audit(c: &impl GenericClient, a: &AuditEntry) -> Result<()> {
+    exec(
+        c,
+        "INSERT INTO audit (id, tenant_id, actor_id, actor_name, action, target_type, target_id, at, source, details)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+        &[
+            &a.id, &a.tenant_id, &a.actor_id, &a.actor_name, &a.action, &a.target_type,
+            &a.target_id, &ms(a.at), &a.source, &a.details,
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Queues this transaction behind any other that checks or writes the same
+/// name of the same tenant, until commit; the check that follows then sees
+/// the other's row. (A hash collision only makes two names queue together.)
+async fn lock_name(c: &impl GenericClient, kind: NameLock, tenant: &str, name: &str) -> Result<()> {
+    exec(
+        c,
+        "SELECT pg_advisory_xact_lock($1::int4, hashtext($2::text || '/' || lower($3::text COLLATE \"C\")))",
+        &[&(kind as i32), &tenant, &name],
+    )
+    .await?;
+    Ok(())
+}
+
+const CREDENTIAL_COLUMNS: &str = "id, tenant_id, name, description, integration_id, auth_type, services, scopes, params,
+    secret_fields, status, status_message, checked_at, version, kek_id, wrapped_dek, created_at, created_by, updated_at, updated_by";
+
+fn credential_from_row(r: &Row) -> std::result::Result<CredentialRecord, tokio_postgres::Error> {
+    Ok(CredentialRecord {
+        id: r.try_get(0)?,
+        tenant_id: r.try_get(1)?,
+        name: r.try_get(2)?,
+        description: r.try_get(3)?,
+        integration_id: r.try_get(4)?,
+        auth_type: r.try_get(5)?,
+        services: r.try_get::<_, Json<BTreeMap<String, String>>>(6)?.0,
+        scopes: r.try_get::<_, Json<Vec<String>>>(7)?.0,
+        params: r.try_get::<_, Json<BTreeMap<String, String>>>(8)?.0,
+        secret_fields: r.try_get::<_, Json<Vec<SecretMeta>>>(9)?.0,
+        status: r.try_get(10)?,
+        status_message: r.try_get(11)?,
+        checked_at: r.try_get(12)?,
+        version: r.try_get(13)?,
+        kek_id: r.try_get(14)?,
+        wrapped_dek: r.try_get(15)?,
+        created_at: r.try_get(16)?,
+        created_by: r.try_get(17)?,
+        updated_at: r.try_get(18)?,
+        updated_by: r.try_get(19)?,
+    })
+}
+
+fn tenant_from_row(r: &Row, at: usize) -> std::result::Result<TenantRecord, tokio_postgres::Error> {
+    Ok(TenantRecord {
+        id: r.try_get(at)?,
+        name: r.try_get(at + 1)?,
+        is_operator: r.try_get(at + 2)?,
+        created_at: r.try_get(at + 3)?,
+    })
+}
+
+fn token_from_row(r: &Row) -> std::result::Result<TokenRecord, tokio_postgres::Error> {
+    let hash: Vec<u8> = r.try_get(4)?;
+    Ok(TokenRecord {
+        id: r.try_get(0)?,
+        tenant_id: r.try_get(1)?,
+        name: r.try_get(2)?,
+        role: r.try_get(3)?,
+        hash: hash.try_into().unwrap_or([0; 32]),
+        created_at: r.try_get(5)?,
+        created_by: r.try_get(6)?,
+        revoked_at: r.try_get(7)?,
+    })
+}
+
+const TOKEN_COLUMNS: &str = "id, tenant_id, name, role, hash, created_at, created_by, revoked_at";
+
+async fn insert_token(c: &impl GenericClient, t: &TokenRecord) -> Result<()> {
+    exec(
+        c,
+        "INSERT INTO tokens (id, tenant_id, name, role, hash, created_at, created_by, revoked_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        &[
+            &t.id,
+            &t.tenant_id,
+            &t.name,
+            &t.role,
+            &t.hash.as_slice(),
+            &ms(t.created_at),
+            &t.created_by,
+            &t.revoked_at.map(ms),
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
+/// NameTaken with the id of another credential of the tenant with this name
+/// (compared with ASCII case folded, as SQLite's `lower` does).
+async fn name_clash(c: &impl GenericClient, tenant: &str, name: &str, except: &str) -> Result<()> {
+    let clash = row(
+        c,
+        "SELECT id FROM credentials
+         WHERE tenant_id = $1 AND lower(name COLLATE \"C\") = lower($2::text COLLATE \"C\") AND id <> $3
+         LIMIT 1",
+        &[&tenant, &name, &except],
+    )
+    .await?;
+    match clash {
+        Some(r) => Err(StoreError::NameTaken(r.try_get(0).map_err(pg)?)),
+        None => Ok(()),
+    }
+}
+
+async fn put_secrets(
+    c: &impl GenericClient,
+    credential: &str,
+    secrets: &[SealedSecret],
+) -> Result<()> {
+    for s in secrets {
+        exec(
+            c,
+            "INSERT INTO credential_secrets (credential_id, field, sealed) VALUES ($1, $2, $3)
+             ON CONFLICT (credential_id, field) DO UPDATE SET sealed = excluded.sealed",
+            &[&credential, &s.field, &s.sealed],
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+async fn get_credential(
+    c: &impl GenericClient,
+    tenant: &str,
+    id: &str,
+) -> Result<Option<CredentialRecord>> {
+    let r = row(
+        c,
+        &format!("SELECT {CREDENTIAL_COLUMNS} FROM credentials WHERE tenant_id = $1 AND id = $2"),
+        &[&tenant, &id],
+    )
+    .await?;
+    r.as_ref().map(credential_from_row).transpose().map_err(pg)
+}
+
+async fn sealed_secrets(c: &impl GenericClient, credential: &str) -> Result<Vec<SealedSecret>> {
+    let rows = rows(
+        c,
+        "SELECT field, sealed FROM credential_secrets WHERE credential_id = $1 ORDER BY field",
+        &[&credential],
+    )
+    .await?;
+    map_rows(&rows, |r| {
+        Ok(SealedSecret {
+            field: r.try_get(0)?,
+            sealed: r.try_get(1)?,
+        })
+    })
+}
+
+async fn query_credentials(
+    c: &impl GenericClient,
+    sql: &str,
+    params: Params<'_>,
+) -> Result<Vec<CredentialRecord>> {
+    map_rows(&rows(c, sql, params).await?, credential_from_row)
+}
+
+/// The conditions every phase of a credential list shares: tenant, exact
+/// filters, cursor.
+fn credential_conditions(
+    tenant: &str,
+    f: &CredentialFilter,
+    after: Option<&str>,
+    args: &mut Args,
+) -> String {
+    let mut base = format!("c.tenant_id = {}", args.bind(tenant.to_string()));
+    for (column, value) in [
+        ("integration_id", &f.integration),
+        ("auth_type", &f.auth_type),
+        ("status", &f.status),
+    ] {
+        if let Some(v) = value {
+            base.push_str(&format!(" AND c.{column} = {}", args.bind(v.clone())));
+        }
+    }
+    if let Some(after) = after {
+        base.push_str(&format!(" AND c.id < {}", args.bind(after.to_string())));
+    }
+    base
+}
+
+/// Scans the newest `SEARCH_WINDOW` rows (names and integrations only) for
+/// matches. Answers the page when the window holds a full page of matches or
+/// is the whole remaining list; `None` when the index must decide.
+async fn search_window(
+    c: &impl GenericClient,
+    tenant: &str,
+    f: &CredentialFilter,
+    after: Option<&str>,
+    q: &str,
+    limit: usize,
+) -> Result<Option<Vec<CredentialRecord>>> {
+    let needle = q.to_lowercase();
+    let mut args = Args::default();
+    let base = credential_conditions(tenant, f, after, &mut args);
+    let sql = format!(
+        "SELECT c.seq, c.name, c.integration_id FROM credentials c WHERE {base} ORDER BY c.id DESC LIMIT {}",
+        args.bind(SEARCH_WINDOW)
+    );
+    let window = rows(c, &sql, &args.refs()).await?;
+    let (mut seen, mut hits) = (0i64, Vec::<i64>::new());
+    for r in &window {
+        seen += 1;
+        let name: &str = r.try_get(1).map_err(pg)?;
+        let integration: &str = r.try_get(2).map_err(pg)?;
+        if name.to_lowercase().contains(&needle)
+            || f.q_integrations.iter().any(|i| i == integration)
+        {
+            hits.push(r.try_get(0).map_err(pg)?);
+            if hits.len() > limit {
+                break;
+            }
+        }
+    }
+    if hits.len() <= limit && seen == SEARCH_WINDOW {
+        return Ok(None);
+    }
+    if hits.is_empty() {
+        return Ok(Some(Vec::new()));
+    }
+    query_credentials(
+        c,
+        &format!(
+            "SELECT {CREDENTIAL_COLUMNS} FROM credentials WHERE tenant_id = $1 AND seq = ANY($2) ORDER BY id DESC"
+        ),
+        &[&tenant, &hits],
+    )
+    .await
+    .map(Some)
+}
+
+const SERVICE_COLUMNS: &str = "id, tenant_id, name, role, description, integrations, spec, version,
+    created_at, created_by, updated_at, updated_by";
+
+fn service_from_row(r: &Row) -> std::result::Result<ServiceRecord, tokio_postgres::Error> {
+    Ok(ServiceRecord {
+        id: r.try_get(0)?,
+        tenant_id: r.try_get(1)?,
+        name: r.try_get(2)?,
+        role: r.try_get(3)?,
+        description: r.try_get(4)?,
+        integrations: r.try_get::<_, Json<Vec<String>>>(5)?.0,
+        spec: r.try_get(6)?,
+        version: r.try_get(7)?,
+        created_at: r.try_get(8)?,
+        created_by: r.try_get(9)?,
+        updated_at: r.try_get(10)?,
+        updated_by: r.try_get(11)?,
+    })
+}
+
+/// The credentials of a tenant that use a service, as (id, name).
+async fn credentials_using(
+    c: &impl GenericClient,
+    tenant: &str,
+    service: &str,
+) -> Result<Vec<(String, String)>> {
+    let rows = rows(
+        c,
+        "SELECT id, name FROM credentials
+         WHERE tenant_id = $1 AND EXISTS (SELECT 1 FROM jsonb_each_text(services) WHERE value = $2::text)
+         ORDER BY id",
+        &[&tenant, &service],
+    )
+    .await?;
+    map_rows(&rows, |r| Ok((r.try_get(0)?, r.try_get(1)?)))
+}
+
+async fn service_name_clash(c: &impl GenericClient, svc: &ServiceRecord) -> Result<()> {
+    let clash = row(
+        c,
+        "SELECT id FROM services
+         WHERE tenant_id = $1 AND lower(name COLLATE \"C\") = lower($2::text COLLATE \"C\") AND id <> $3
+         LIMIT 1",
+        &[&svc.tenant_id, &svc.name, &svc.id],
+    )
+    .await?;
+    match clash {
+        Some(r) => Err(StoreError::NameTaken(r.try_get(0).map_err(pg)?)),
+        None => Ok(()),
+    }
+}
+
+const EVENT_COLUMNS: &str =
+    "id, tenant_id, credential_id, kind, valid_request, app_user_id, user_id,
+    event_type, delivery_id, payload, received_at";
+
+fn event_from_row(r: &Row) -> std::result::Result<EventRecord, tokio_postgres::Error> {
+    Ok(EventRecord {
+        id: r.try_get(0)?,
+        tenant_id: r.try_get(1)?,
+        credential_id: r.try_get(2)?,
+        kind: r.try_get(3)?,
+        valid_request: r.try_get(4)?,
+        app_user_id: r.try_get(5)?,
+        user_id: r.try_get(6)?,
+        event_type: r.try_get(7)?,
+        delivery_id: r.try_get(8)?,
+        payload: r.try_get(9)?,
+        received_at: r.try_get(10)?,
+    })
+}
+
+/// NotFound unless the credential belongs to the tenant. In a mutation,
+/// `lock` keeps the credential from being deleted until commit.
+async fn owned_credential(
+    c: &impl GenericClient,
+    tenant: &str,
+    credential: &str,
+    lock: bool,
+) -> Result<()> {
+    let sql = if lock {
+        "SELECT 1 FROM credentials WHERE tenant_id = $1 AND id = $2 FOR KEY SHARE"
+    } else {
+        "SELECT 1 FROM credentials WHERE tenant_id = $1 AND id = $2"
+    };
+    match row(c, sql, &[&tenant, &credential]).await? {
+        Some(_) => Ok(()),
+        None => Err(StoreError::NotFound),
+    }
+}
+
+#[async_trait]
+impl Store for PostgresStore {
+    async fn meta_get(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        let client = self.client().await?;
+        let r = row(&client, "SELECT value FROM meta WHERE key = $1", &[&key]).await?;
+        r.map(|r| r.try_get(0)).transpose().map_err(pg)
+    }
+
+    async fn meta_put_if_absent(&self, key: &str, value: Vec<u8>) -> Result<bool> {
+        let client = self.client().await?;
+        // One statement: a transaction of its own.
+        let n = exec(
+            &client,
+            "INSERT INTO meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING",
+            &[&key, &value],
+        )
+        .await?;
+        Ok(n == 1)
+    }
+
+    async fn has_credentials(&self) -> Result<bool> {
+        let client = self.client().await?;
+        client
+            .query_one("SELECT EXISTS (SELECT 1 FROM credentials)", &[])
+            .await
+            .and_then(|r| r.try_get(0))
+            .map_err(pg)
+    }
+
+    async fn create_tenant(
+        &self,
+        t: TenantRecord,
+        admin: TokenRecord,
+        audit: Option<AuditEntry>,
+    ) -> Result<()> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg)?;
+        lock_name(&tx, NameLock::Tenant, "", &t.name).await?;
+        let taken = row(
+            &tx,
+            "SELECT 1 FROM tenants WHERE lower(name COLLATE \"C\") = lower($1::text COLLATE \"C\")",
+            &[&t.name],
+        )
+        .await?;
+        if taken.is_some() {
+            return Err(StoreError::Conflict);
+        }
+        exec(
+            &tx,
+            "INSERT INTO tenants (id, name, is_operator, created_at) VALUES ($1, $2, $3, $4)",
+            &[&t.id, &t.name, &t.is_operator, &ms(t.created_at)],
+        )
+        .await?;
+        insert_token(&tx, &admin).await?;
+        if let Some(a) = &audit {
+            write_audit(&tx, a).await?;
+        }
+        tx.commit().await.map_err(pg)
+    }
+
+    async fn list_tenants(&self, p: PageRequest<'_>) -> Result<Page<TenantRecord>> {
+        let client = self.client().await?;
+        let rows = rows(
+            &client,
+            "SELECT id, name, is_operator, created_at FROM tenants
+             WHERE ($1::text IS NULL OR id < $1) ORDER BY id DESC LIMIT $2",
+            &[&p.after, &(p.limit as i64 + 1)],
+        )
+        .await?;
+        let items = map_rows(&rows, |r| tenant_from_row(r, 0))?;
+        Ok(page(items, p.limit, |t| &t.id))
+    }
+
+    async fn tenant_count(&self) -> Result<u64> {
+        let client = self.client().await?;
+        let n: i64 = client
+            .query_one("SELECT count(*) FROM tenants", &[])
+            .await
+            .and_then(|r| r.try_get(0))
+            .map_err(pg)?;
+        Ok(n as u64)
+    }
+
+    async fn create_token(&self, token: TokenRecord, audit: AuditEntry) -> Result<()> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg)?;
+        insert_token(&tx, &token).await?;
+        write_audit(&tx, &audit).await?;
+        tx.commit().await.map_err(pg)
+    }
+
+    async fn list_tokens(&self, tenant: &str, p: PageRequest<'_>) -> Result<Page<TokenRecord>> {
+        let client = self.client().await?;
+        let rows = rows(
+            &client,
+            &format!(
+                "SELECT {TOKEN_COLUMNS} FROM tokens
+                 WHERE tenant_id = $1 AND ($2::text IS NULL OR id < $2) ORDER BY id DESC LIMIT $3"
+            ),
+            &[&tenant, &p.after, &(p.limit as i64 + 1)],
+        )
+        .await?;
+        let items = map_rows(&rows, token_from_row)?;
+        Ok(page(items, p.limit, |t| &t.id))
+    }
+
+    async fn revoke_token(
+        &self,
+        tenant: &str,
+        id: &str,
+        at: DateTime<Utc>,
+        audit: AuditEntry,
+    ) -> Result<()> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg)?;
+        let n = exec(
+            &tx,
+            "UPDATE tokens SET revoked_at = $3 WHERE tenant_id = $1 AND id = $2 AND revoked_at IS NULL",
+            &[&tenant, &id, &ms(at)],
+        )
+        .await?;
+        if n == 0 {
+            return Err(StoreError::NotFound);
+        }
+        write_audit(&tx, &audit).await?;
+        tx.commit().await.map_err(pg)
+    }
+
+    async fn find_token(&self, hash: [u8; 32]) -> Result<Option<(TokenRecord, TenantRecord)>> {
+        let client = self.client().await?;
+        let r = row(
+            &client,
+            "SELECT k.id, k.tenant_id, k.name, k.role, k.hash, k.created_at, k.created_by, k.revoked_at,
+                    t.id, t.name, t.is_operator, t.created_at
+             FROM tokens k JOIN tenants t ON t.id = k.tenant_id
+             WHERE k.hash = $1 AND k.revoked_at IS NULL",
+            &[&hash.as_slice()],
+        )
+        .await?;
+        r.map(|r| Ok((token_from_row(&r)?, tenant_from_row(&r, 8)?)))
+            .transpose()
+            .map_err(pg)
+    }
+
+    async fn insert_credential(
+        &self,
+        rec: CredentialRecord,
+        secrets: Vec<SealedSecret>,
+        audit: AuditEntry,
+    ) -> Result<()> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg)?;
+        lock_name(&tx, NameLock::Credential, &rec.tenant_id, &rec.name).await?;
+        name_clash(&tx, &rec.tenant_id, &rec.name, &rec.id).await?;
+        exec(
+            &tx,
+            &format!(
+                "INSERT INTO credentials ({CREDENTIAL_COLUMNS}) VALUES
+                 ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)"
+            ),
+            &[
+                &rec.id,
+                &rec.tenant_id,
+                &rec.name,
+                &rec.description,
+                &rec.integration_id,
+                &rec.auth_type,
+                &Json(&rec.services),
+                &Json(&rec.scopes),
+                &Json(&rec.params),
+                &Json(&rec.secret_fields),
+                &rec.status,
+                &rec.status_message,
+                &rec.checked_at.map(ms),
+                &rec.version,
+                &rec.kek_id,
+                &rec.wrapped_dek,
+                &ms(rec.created_at),
+                &rec.created_by,
+                &ms(rec.updated_at),
+                &rec.updated_by,
+            ],
+        )
+        .await?;
+        put_secrets(&tx, &rec.id, &secrets).await?;
+        write_audit(&tx, &audit).await?;
+        tx.commit().await.map_err(pg)
+    }
+
+    async fn get_credential(&self, tenant: &str, id: &str) -> Result<Option<CredentialRecord>> {
+        let client = self.client().await?;
+        get_credential(&client, tenant, id).await
+    }
+
+    async fn credential_id_by_name(&self, tenant: &str, name: &str) -> Result<Option<String>> {
+        let client = self.client().await?;
+        match name_clash(&client, tenant, name, "").await {
+            Err(StoreError::NameTaken(id)) => Ok(Some(id)),
+            Err(e) => Err(e),
+            Ok(()) => Ok(None),
+        }
+    }
+
+    async fn get_sealed(
+        &self,
+        tenant: &str,
+        id: &str,
+    ) -> Result<Option<(CredentialRecord, Vec<SealedSecret>)>> {
+        let client = self.client().await?;
+        let Some(rec) = get_credential(&client, tenant, id).await? else {
+            return Ok(None);
+        };
+        Ok(Some((rec, sealed_secrets(&client, id).await?)))
+    }
+
+    async fn list_credentials(
+        &self,
+        tenant: &str,
+        f: &CredentialFilter,
+        p: PageRequest<'_>,
+    ) -> Result<Page<CredentialRecord>> {
+        let client = self.client().await?;
+        let limit = p.limit;
+        let mut args = Args::default();
+        let base = credential_conditions(tenant, f, p.after, &mut args);
+        let Some(q) = f.q.as_deref().filter(|q| !q.is_empty()) else {
+            let sql = format!(
+                "SELECT {CREDENTIAL_COLUMNS} FROM credentials c WHERE {base} ORDER BY c.id DESC LIMIT {}",
+                args.bind(limit as i64 + 1)
+            );
+            return Ok(page(
+                query_credentials(&client, &sql, &args.refs()).await?,
+                limit,
+                |c| &c.id,
+            ));
+        };
+        // A query that matches many names is answered fastest by walking
+        // the newest rows in order; one that matches few, by the index.
+        if let Some(found) = search_window(&client, tenant, f, p.after, q, limit).await? {
+            return Ok(page(found, limit, |c| &c.id));
+        }
+        let mut alternatives = Vec::new();
+        // No name holds a NUL (text cannot), and the server refuses one in a
+        // parameter: such a query matches by integration only.
+        if !q.contains('\0') {
+            alternatives.push(format!(
+                "lower(c.name) LIKE '%' || {}::text || '%'",
+                args.bind(like_escape(&q.to_lowercase()))
+            ));
+        }
+        if !f.q_integrations.is_empty() {
+            alternatives.push(format!(
+                "c.integration_id = ANY({})",
+                args.bind(f.q_integrations.clone())
+            ));
+        }
+        if alternatives.is_empty() {
+            return Ok(page(Vec::new(), limit, |c: &CredentialRecord| &c.id));
+        }
+        let sql = format!(
+            "SELECT {CREDENTIAL_COLUMNS} FROM credentials c WHERE {base} AND ({}) ORDER BY c.id DESC LIMIT {}",
+            alternatives.join(" OR "),
+            args.bind(limit as i64 + 1)
+        );
+        // Not a cached statement: after a few runs a cached one may settle on
+        // a generic plan, which cannot know that the pattern is selective and
+        // walks the tenant's rows instead of the trigram index. A fresh
+        // statement is planned for its pattern.
+        let found = client.query(sql.as_str(), &args.refs()).await.map_err(pg)?;
+        Ok(page(map_rows(&found, credential_from_row)?, limit, |c| {
+            &c.id
+        }))
+    }
+
+    async fn update_credential(&self, u: CredentialUpdate, audit: AuditEntry) -> Result<()> {
+        let rec = &u.record;
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg)?;
+        let current = row(
+            &tx,
+            "SELECT version FROM credentials WHERE tenant_id = $1 AND id = $2 FOR UPDATE",
+            &[&rec.tenant_id, &rec.id],
+        )
+        .await?;
+        match current
+            .map(|r| r.try_get::<_, i64>(0))
+            .transpose()
+            .map_err(pg)?
+        {
+            None => return Err(StoreError::NotFound),
+            Some(v) if v != u.expected_version => {
+                return Err(StoreError::VersionMismatch { current: v })
+            }
+            Some(_) => {}
+        }
+        lock_name(&tx, NameLock::Credential, &rec.tenant_id, &rec.name).await?;
+        name_clash(&tx, &rec.tenant_id, &rec.name, &rec.id).await?;
+        exec(
+            &tx,
+            "UPDATE credentials SET name = $3, description = $4, services = $5, scopes = $6, params = $7,
+               secret_fields = $8, status = $9, status_message = $10, checked_at = $11, version = $12,
+               updated_at = $13, updated_by = $14
+             WHERE tenant_id = $1 AND id = $2",
+            &[
+                &rec.tenant_id,
+                &rec.id,
+                &rec.name,
+                &rec.description,
+                &Json(&rec.services),
+                &Json(&rec.scopes),
+                &Json(&rec.params),
+                &Json(&rec.secret_fields),
+                &rec.status,
+                &rec.status_message,
+                &rec.checked_at.map(ms),
+                &rec.version,
+                &ms(rec.updated_at),
+                &rec.updated_by,
+            ],
+        )
+        .await?;
+        put_secrets(&tx, &rec.id, &u.put_secrets).await?;
+        for field in &u.remove_secrets {
+            exec(
+                &tx,
+                "DELETE FROM credential_secrets WHERE credential_id = $1 AND field = $2",
+                &[&rec.id, field],
+            )
+            .await?;
+        }
+        write_audit(&tx, &audit).await?;
+        tx.commit().await.map_err(pg)
+    }
+
+    async fn delete_credential(&self, tenant: &str, id: &str, audit: AuditEntry) -> Result<()> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg)?;
+        // Secrets and user mappings go with the row (ON DELETE CASCADE).
+        let n = exec(
+            &tx,
+            "DELETE FROM credentials WHERE tenant_id = $1 AND id = $2",
+            &[&tenant, &id],
+        )
+        .await?;
+        if n == 0 {
+            return Err(StoreError::NotFound);
+        }
+        exec(
+            &tx,
+            "DELETE FROM events WHERE tenant_id = $1 AND credential_id = $2",
+            &[&tenant, &id],
+        )
+        .await?;
+        exec(
+            &tx,
+            "DELETE FROM ingress_counters WHERE credential_id = $1",
+            &[&id],
+        )
+        .await?;
+        write_audit(&tx, &audit).await?;
+        tx.commit().await.map_err(pg)
+    }
+
+    async fn list_audit(&self, tenant: &str, p: PageRequest<'_>) -> Result<Page<AuditEntry>> {
+        let client = self.client().await?;
+        let rows = rows(
+            &client,
+            "SELECT id, tenant_id, actor_id, actor_name, action, target_type, target_id, at, source, details
+             FROM audit WHERE tenant_id = $1 AND ($2::text IS NULL OR id < $2) ORDER BY id DESC LIMIT $3",
+            &[&tenant, &p.after, &(p.limit as i64 + 1)],
+        )
+        .await?;
+        let items = map_rows(&rows, |r| {
+            Ok(AuditEntry {
+                id: r.try_get(0)?,
+                tenant_id: r.try_get(1)?,
+                actor_id: r.try_get(2)?,
+                actor_name: r.try_get(3)?,
+                action: r.try_get(4)?,
+                target_type: r.try_get(5)?,
+                target_id: r.try_get(6)?,
+                at: r.try_get(7)?,
+                source: r.try_get(8)?,
+                details: r.try_get(9)?,
+            })
+        })?;
+        Ok(page(items, p.limit, |a| &a.id))
+    }
+
+    async fn record_audit(&self, audit: AuditEntry) -> Result<()> {
+        let client = self.client().await?;
+        // One statement: a transaction of its own.
+        write_audit(&client, &audit).await
+    }
+
+    async fn set_credential_status(
+        &self,
+        tenant: &str,
+        id: &str,
+        status: &str,
+        message: &str,
+        checked_at: DateTime<Utc>,
+        audit: AuditEntry,
+    ) -> Result<()> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg)?;
+        let n = exec(
+            &tx,
+            "UPDATE credentials SET status = $3, status_message = $4, checked_at = $5
+             WHERE tenant_id = $1 AND id = $2",
+            &[&tenant, &id, &status, &message, &ms(checked_at)],
+        )
+        .await?;
+        if n == 0 {
+            return Err(StoreError::NotFound);
+        }
+        write_audit(&tx, &audit).await?;
+        tx.commit().await.map_err(pg)
+    }
+
+    async fn get_sealed_by_id(
+        &self,
+        id: &str,
+    ) -> Result<Option<(CredentialRecord, Vec<SealedSecret>)>> {
+        let client = self.client().await?;
+        let r = row(
+            &client,
+            &format!("SELECT {CREDENTIAL_COLUMNS} FROM credentials WHERE id = $1"),
+            &[&id],
+        )
+        .await?;
+        let Some(rec) = r
+            .as_ref()
+            .map(credential_from_row)
+            .transpose()
+            .map_err(pg)?
+        else {
+            return Ok(None);
+        };
+        Ok(Some((rec, sealed_secrets(&client, id).await?)))
+    }
+
+    async fn create_service(&self, svc: ServiceRecord, audit: AuditEntry) -> Result<()> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg)?;
+        lock_name(&tx, NameLock::Service, &svc.tenant_id, &svc.name).await?;
+        service_name_clash(&tx, &svc).await?;
+        exec(
+            &tx,
+            &format!(
+                "INSERT INTO services ({SERVICE_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
+            ),
+            &[
+                &svc.id,
+                &svc.tenant_id,
+                &svc.name,
+                &svc.role,
+                &svc.description,
+                &Json(&svc.integrations),
+                &svc.spec,
+                &svc.version,
+                &ms(svc.created_at),
+                &svc.created_by,
+                &ms(svc.updated_at),
+                &svc.updated_by,
+            ],
+        )
+        .await?;
+        write_audit(&tx, &audit).await?;
+        tx.commit().await.map_err(pg)
+    }
+
+    async fn get_service(&self, tenant: &str, id: &str) -> Result<Option<ServiceRecord>> {
+        let client = self.client().await?;
+        let r = row(
+            &client,
+            &format!("SELECT {SERVICE_COLUMNS} FROM services WHERE tenant_id = $1 AND id = $2"),
+            &[&tenant, &id],
+        )
+        .await?;
+        r.as_ref().map(service_from_row).transpose().map_err(pg)
+    }
+
+    async fn list_services(&self, tenant: &str) -> Result<Vec<ServiceRecord>> {
+        let client = self.client().await?;
+        let rows = rows(
+            &client,
+            &format!(
+                "SELECT {SERVICE_COLUMNS} FROM services WHERE tenant_id = $1 ORDER BY id DESC"
+            ),
+            &[&tenant],
+        )
+        .await?;
+        map_rows(&rows, service_from_row)
+    }
+
+    async fn update_service(
+        &self,
+        svc: ServiceRecord,
+        expected_version: i64,
+        force: bool,
+        audit: AuditEntry,
+    ) -> Result<()> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg)?;
+        let current = row(
+            &tx,
+            "SELECT version FROM services WHERE tenant_id = $1 AND id = $2 FOR UPDATE",
+            &[&svc.tenant_id, &svc.id],
+        )
+        .await?;
+        match current
+            .map(|r| r.try_get::<_, i64>(0))
+            .transpose()
+            .map_err(pg)?
+        {
+            None => return Err(StoreError::NotFound),
+            Some(v) if v != expected_version => {
+                return Err(StoreError::VersionMismatch { current: v })
+            }
+            Some(_) => {}
+        }
+        if !force {
+            let users = credentials_using(&tx, &svc.tenant_id, &svc.id).await?;
+            if !users.is_empty() {
+                return Err(StoreError::InUse(users));
+            }
+        }
+        lock_name(&tx, NameLock::Service, &svc.tenant_id, &svc.name).await?;
+        service_name_clash(&tx, &svc).await?;
+        exec(
+            &tx,
+            "UPDATE services SET name = $3, description = $4, integrations = $5, spec = $6, version = $7,
+               updated_at = $8, updated_by = $9 WHERE tenant_id = $1 AND id = $2",
+            &[
+                &svc.tenant_id,
+                &svc.id,
+                &svc.name,
+                &svc.description,
+                &Json(&svc.integrations),
+                &svc.spec,
+                &svc.version,
+                &ms(svc.updated_at),
+                &svc.updated_by,
+            ],
+        )
+        .await?;
+        write_audit(&tx, &audit).await?;
+        tx.commit().await.map_err(pg)
+    }
+
+    async fn delete_service(&self, tenant: &str, id: &str, audit: AuditEntry) -> Result<()> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg)?;
+        let users = credentials_using(&tx, tenant, id).await?;
+        if !users.is_empty() {
+            return Err(StoreError::InUse(users));
+        }
+        let n = exec(
+            &tx,
+            "DELETE FROM services WHERE tenant_id = $1 AND id = $2",
+            &[&tenant, &id],
+        )
+        .await?;
+        if n == 0 {
+            return Err(StoreError::NotFound);
+        }
+        write_audit(&tx, &audit).await?;
+        tx.commit().await.map_err(pg)
+    }
+
+    async fn insert_event(&self, e: EventRecord) -> Result<bool> {
+        let client = self.client().await?;
+        // One statement: a transaction of its own, durable once it returns.
+        let n = exec(
+            &client,
+            &format!(
+                "INSERT INTO events ({EVENT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+                 ON CONFLICT (credential_id, kind, delivery_id) WHERE delivery_id IS NOT NULL DO NOTHING"
+            ),
+            &[
+                &e.id,
+                &e.tenant_id,
+                &e.credential_id,
+                &e.kind,
+                &e.valid_request,
+                &e.app_user_id,
+                &e.user_id,
+                &e.event_type,
+                &e.delivery_id,
+                &e.payload,
+                &ms(e.received_at),
+            ],
+        )
+        .await?;
+        Ok(n == 1)
+    }
+
+    async fn get_event(&self, tenant: &str, id: &str) -> Result<Option<EventRecord>> {
+        let client = self.client().await?;
+        let r = row(
+            &client,
+            &format!("SELECT {EVENT_COLUMNS} FROM events WHERE tenant_id = $1 AND id = $2"),
+            &[&tenant, &id],
+        )
+        .await?;
+        r.as_ref().map(event_from_row).transpose().map_err(pg)
+    }
+
+    async fn list_events(
+        &self,
+        tenant: &str,
+        f: &EventFilter,
+        p: PageRequest<'_>,
+    ) -> Result<Page<EventRecord>> {
+        let mut args = Args::default();
+        let mut sql = format!(
+            "SELECT {EVENT_COLUMNS} FROM events WHERE tenant_id = {}",
+            args.bind(tenant.to_string())
+        );
+        for (column, value) in [
+            ("credential_id", &f.credential_id),
+            ("kind", &f.kind),
+            ("event_type", &f.event_type),
+            ("user_id", &f.user_id),
+        ] {
+            if let Some(v) = value {
+                sql.push_str(&format!(" AND {column} = {}", args.bind(v.clone())));
+            }
+        }
+        if let Some(after) = p.after {
+            sql.push_str(&format!(" AND id < {}", args.bind(after.to_string())));
+        }
+        sql.push_str(&format!(
+            " ORDER BY id DESC LIMIT {}",
+            args.bind(p.limit as i64 + 1)
+        ));
+        let client = self.client().await?;
+        let items = map_rows(&rows(&client, &sql, &args.refs()).await?, event_from_row)?;
+        Ok(page(items, p.limit, |e| &e.id))
+    }
+
+    async fn put_user_mapping(
+        &self,
+        tenant: &str,
+        credential: &str,
+        m: UserMapping,
+        audit: AuditEntry,
+    ) -> Result<()> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg)?;
+        owned_credential(&tx, tenant, credential, true).await?;
+        exec(
+            &tx,
+            "INSERT INTO user_mappings (credential_id, app_user_id, user_id, created_at) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (credential_id, app_user_id) DO UPDATE SET user_id = excluded.user_id",
+            &[&credential, &m.app_user_id, &m.user_id, &ms(m.created_at)],
+        )
+        .await?;
+        write_audit(&tx, &audit).await?;
+        tx.commit().await.map_err(pg)
+    }
+
+    async fn delete_user_mapping(
+        &self,
+        tenant: &str,
+        credential: &str,
+        app_user_id: &str,
+        audit: AuditEntry,
+    ) -> Result<()> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg)?;
+        owned_credential(&tx, tenant, credential, true).await?;
+        let n = exec(
+            &tx,
+            "DELETE FROM user_mappings WHERE credential_id = $1 AND app_user_id = $2",
+            &[&credential, &app_user_id],
+        )
+        .await?;
+        if n == 0 {
+            return Err(StoreError::NotFound);
+        }
+        write_audit(&tx, &audit).await?;
+        tx.commit().await.map_err(pg)
+    }
+
+    async fn list_user_mappings(
+        &self,
+        tenant: &str,
+        credential: &str,
+        p: PageRequest<'_>,
+    ) -> Result<Page<UserMapping>> {
+        let client = self.client().await?;
+        owned_credential(&client, tenant, credential, false).await?;
+        let rows = rows(
+            &client,
+            "SELECT app_user_id, user_id, created_at FROM user_mappings
+             WHERE credential_id = $1 AND ($2::text IS NULL OR app_user_id > $2)
+             ORDER BY app_user_id LIMIT $3",
+            &[&credential, &p.after, &(p.limit as i64 + 1)],
+        )
+        .await?;
+        let items = map_rows(&rows, |r| {
+            Ok(UserMapping {
+                app_user_id: r.try_get(0)?,
+                user_id: r.try_get(1)?,
+                created_at: r.try_get(2)?,
+            })
+        })?;
+        Ok(page(items, p.limit, |m| &m.app_user_id))
+    }
+
+    async fn find_user_mapping(
+        &self,
+        credential: &str,
+        app_user_id: &str,
+    ) -> Result<Option<String>> {
+        let client = self.client().await?;
+        let r = row(
+            &client,
+            "SELECT user_id FROM user_mappings WHERE credential_id = $1 AND app_user_id = $2",
+            &[&credential, &app_user_id],
+        )
+        .await?;
+        r.map(|r| r.try_get(0)).transpose().map_err(pg)
+    }
+
+    async fn create_session(&self, s: SessionRecord) -> Result<()> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg)?;
+        // Expired sessions go as new ones come.
+        exec(
+            &tx,
+            "DELETE FROM sessions WHERE expires_at < $1",
+            &[&ms(s.created_at)],
+        )
+        .await?;
+        exec(
+            &tx,
+            "INSERT INTO sessions (id_hash, token_id, csrf, created_at, expires_at) VALUES ($1, $2, $3, $4, $5)",
+            &[&s.id_hash.as_slice(), &s.token_id, &s.csrf, &ms(s.created_at), &ms(s.expires_at)],
+        )
+        .await?;
+        tx.commit().await.map_err(pg)
+    }
+
+    async fn find_session(
+        &self,
+        id_hash: [u8; 32],
+        now: DateTime<Utc>,
+    ) -> Result<Option<(SessionRecord, TokenRecord, TenantRecord)>> {
+        let client = self.client().await?;
+        let r = row(
+            &client,
+            "SELECT k.id, k.tenant_id, k.name, k.role, k.hash, k.created_at, k.created_by, k.revoked_at,
+                    t.id, t.name, t.is_operator, t.created_at, s.csrf, s.created_at, s.expires_at
+             FROM sessions s JOIN tokens k ON k.id = s.token_id JOIN tenants t ON t.id = k.tenant_id
+             WHERE s.id_hash = $1 AND s.expires_at > $2 AND k.revoked_at IS NULL",
+            &[&id_hash.as_slice(), &ms(now)],
+        )
+        .await?;
+        r.map(|r| {
+            let token = token_from_row(&r)?;
+            let session = SessionRecord {
+                id_hash,
+                token_id: token.id.clone(),
+                csrf: r.try_get(12)?,
+                created_at: r.try_get(13)?,
+                expires_at: r.try_get(14)?,
+            };
+            Ok((session, token, tenant_from_row(&r, 8)?))
+        })
+        .transpose()
+        .map_err(pg)
+    }
+
+    async fn delete_session(&self, id_hash: [u8; 32]) -> Result<()> {
+        let client = self.client().await?;
+        exec(
+            &client,
+            "DELETE FROM sessions WHERE id_hash = $1",
+            &[&id_hash.as_slice()],
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn add_counters(&self, deltas: Vec<CounterDelta>) -> Result<()> {
+        // Summed by key first: one upsert statement may touch a row only
+        // once, and rows locked in key order cannot deadlock with another
+        // batch's.
+        let mut sums: BTreeMap<(String, String, String), i64> = BTreeMap::new();
+        for d in deltas {
+            let sum = sums
+                .entry((d.credential_id, d.kind, d.outcome))
+                .or_insert(0);
+            *sum = sum
+                .checked_add(d.count as i64)
+                .ok_or_else(|| StoreError::Backend("counter overflow".into()))?;
+        }
+        if sums.is_empty() {
+            return Ok(());
+        }
+        let (mut credentials, mut kinds, mut outcomes, mut counts) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for ((credential, kind, outcome), count) in sums {
+            credentials.push(credential);
+            kinds.push(kind);
+            outcomes.push(outcome);
+            counts.push(count);
+        }
+        let client = self.client().await?;
+        // One statement: a transaction of its own.
+        exec(
+            &client,
+            "INSERT INTO ingress_counters (credential_id, kind, outcome, count)
+             SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[])
+             ON CONFLICT (credential_id, kind, outcome) DO UPDATE SET count = ingress_counters.count + excluded.count",
+            &[&credentials, &kinds, &outcomes, &counts],
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn counters(&self, credential: &str) -> Result<Vec<CounterDelta>> {
+        let client = self.client().await?;
+        let rows = rows(
+            &client,
+            "SELECT credential_id, kind, outcome, count FROM ingress_counters
+             WHERE credential_id = $1 ORDER BY kind, outcome",
+            &[&credential],
+        )
+        .await?;
+        map_rows(&rows, |r| {
+            Ok(CounterDelta {
+                credential_id: r.try_get(0)?,
+                kind: r.try_get(1)?,
+                outcome: r.try_get(2)?,
+                count: r.try_get::<_, i64>(3)? as u64,
+            })
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn like_escape_quotes_wildcards_and_the_escape() {
+        assert_eq!(like_escape(r"50%_off\now"), r"50\%\_off\\now");
+        assert_eq!(like_escape("plain"), "plain");
+    }
+
+    #[test]
+    fn schema_names_need_no_quoting() {
+        assert!(check_schema_name("t_0a9").is_ok());
+        assert!(check_schema_name("_x").is_ok());
+        for bad in ["", "T", "9a", "a-b", "a b", "a\"b", &"a".repeat(64)] {
+            assert!(check_schema_name(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn times_keep_whole_milliseconds() {
+        let t = DateTime::from_timestamp(1_700_000_000, 123_456_789).unwrap();
+        assert_eq!(
+            ms(t),
+            DateTime::from_timestamp(1_700_000_000, 123_000_000).unwrap()
+        );
+    }
+}

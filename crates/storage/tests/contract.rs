@@ -1,0 +1,1517 @@
+//! The storage contract, checked on every backend by the same scenarios:
+//! each runs on a fresh SQLite file and on a fresh PostgreSQL schema.
+//!
+//! PostgreSQL is `postgres://postgres@127.0.0.1:5432/test` unless
+//! `LATCHKEY_TEST_POSTGRES_URL` says otherwise; each scenario gets a schema
+//! `t_<random>` of its own, dropped afterwards. When the server does not
+//! answer, the PostgreSQL half fails under CI (env `CI` set) and is skipped,
+//! with a note, elsewhere.
+
+use std::collections::BTreeMap;
+use std::fmt::Debug;
+use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use chrono::{DateTime, TimeZone, Utc};
+use serde_json::json;
+use storage::*;
+use tokio::task::JoinSet;
+
+const DEFAULT_POSTGRES_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
+
+fn postgres_url() -> String {
+    std::env::var("LATCHKEY_TEST_POSTGRES_URL").unwrap_or_else(|_| DEFAULT_POSTGRES_URL.into())
+}
+
+fn describe(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(&format!(": {s}"));
+        source = s.source();
+    }
+    text
+}
+
+/// A fresh schema name on a server that answers, with a connection to drop
+/// the schema by.
+struct Schema {
+    name: String,
+    admin: tokio_postgres::Client,
+}
+
+impl Schema {
+    async fn new() -> std::result::Result<Schema, String> {
+        let mut config: tokio_postgres::Config =
+            postgres_url().parse().map_err(|e| describe(&e))?;
+        config.connect_timeout(std::time::Duration::from_secs(5));
+        let (admin, connection) = config
+            .connect(tokio_postgres::NoTls)
+            .await
+            .map_err(|e| describe(&e))?;
+        tokio::spawn(connection);
+        Ok(Schema {
+            name: fresh_schema_name(),
+            admin,
+        })
+    }
+
+    async fn drop_schema(self) {
+        self.admin
+            .batch_execute(&format!("DROP SCHEMA IF EXISTS {} CASCADE", self.name))
+            .await
+            .expect("drop the test schema");
+    }
+}
+
+fn fresh_schema_name() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u32(std::process::id());
+    h.write_usize(N.fetch_add(1, Ordering::Relaxed));
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos(),
+    );
+    format!("t_{:016x}", h.finish())
+}
+
+/// A server for the PostgreSQL half, or none (skipped) outside CI.
+async fn postgres_or_skip() -> Option<Schema> {
+    match Schema::new().await {
+        Ok(schema) => Some(schema),
+        Err(reason) if std::env::var_os("CI").is_some_and(|v| !v.is_empty()) => {
+            panic!("PostgreSQL is required under CI and does not answer: {reason}")
+        }
+        Err(reason) => {
+            eprintln!("skipping PostgreSQL: {reason}");
+            None
+        }
+    }
+}
+
+/// Runs `scenario` on a fresh SQLite store, then on a fresh PostgreSQL schema.
+async fn each_backend<F, Fut>(scenario: F)
+where
+    F: Fn(Arc<dyn Store>) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    eprintln!("== backend: sqlite");
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = SqliteStore::open(&dir.path().join("contract.db")).expect("open SQLite");
+    scenario(Arc::new(sqlite)).await;
+
+    let Some(schema) = postgres_or_skip().await else {
+        return;
+    };
+    eprintln!("== backend: postgres (schema {})", schema.name);
+    let store = PostgresStore::connect_in_schema(&postgres_url(), &schema.name)
+        .await
+        .expect("connect to PostgreSQL and migrate");
+    // On a task of its own, so that the schema is dropped even when it panics.
+    let outcome = tokio::spawn(scenario(Arc::new(store))).await;
+    schema.drop_schema().await;
+    if let Err(e) = outcome {
+        std::panic::resume_unwind(e.into_panic());
+    }
+}
+
+// ---- records -------------------------------------------------------------
+
+/// A time in whole milliseconds (what both backends keep).
+fn t(secs: i64) -> DateTime<Utc> {
+    Utc.timestamp_millis_opt(1_700_000_000_123 + secs * 1000)
+        .unwrap()
+}
+
+fn tenant(id: &str, name: &str) -> TenantRecord {
+    TenantRecord {
+        id: id.into(),
+        name: name.into(),
+        is_operator: id == "ten_a",
+        created_at: t(0),
+    }
+}
+
+fn hash(n: u8) -> [u8; 32] {
+    let mut h = [n; 32];
+    h[0] = 0xfe;
+    h
+}
+
+fn token(id: &str, tenant: &str, n: u8) -> TokenRecord {
+    TokenRecord {
+        id: id.into(),
+        tenant_id: tenant.into(),
+        name: format!("token {id}"),
+        role: "admin".into(),
+        hash: hash(n),
+        created_at: t(1),
+        created_by: "test".into(),
+        revoked_at: None,
+    }
+}
+
+fn audit(tenant: &str, action: &str) -> AuditEntry {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let n = N.fetch_add(1, Ordering::Relaxed);
+    AuditEntry {
+        id: format!("aud_{n:026}"),
+        tenant_id: tenant.into(),
+        actor_id: "tok_a1".into(),
+        actor_name: "tester".into(),
+        action: action.into(),
+        target_type: "credential".into(),
+        target_id: "x".into(),
+        at: t(2),
+        source: Some("127.0.0.1".into()),
+        details: json!({ "fields": ["name", "scopes"] }),
+    }
+}
+
+fn credential(tenant: &str, id: &str, name: &str, integration: &str) -> CredentialRecord {
+    CredentialRecord {
+        id: id.into(),
+        tenant_id: tenant.into(),
+        name: name.into(),
+        description: format!("about {name}"),
+        integration_id: integration.into(),
+        auth_type: "api_key".into(),
+        services: BTreeMap::new(),
+        scopes: vec!["read".into(), "write".into()],
+        params: BTreeMap::from([("region".to_string(), "eu".to_string())]),
+        secret_fields: vec![SecretMeta {
+            field: "api_key".into(),
+            last4: Some("1234".into()),
+        }],
+        status: "unverified".into(),
+        status_message: None,
+        checked_at: None,
+        version: 1,
+        kek_id: "kek_1".into(),
+        wrapped_dek: vec![1, 2, 3, 0, 255],
+        created_at: t(3),
+        created_by: "tok_a1".into(),
+        updated_at: t(3),
+        updated_by: "tok_a1".into(),
+    }
+}
+
+fn secret(field: &str, sealed: &[u8]) -> SealedSecret {
+    SealedSecret {
+        field: field.into(),
+        sealed: sealed.to_vec(),
+    }
+}
+
+fn secrets(list: &[SealedSecret]) -> Vec<(String, Vec<u8>)> {
+    list.iter()
+        .map(|s| (s.field.clone(), s.sealed.clone()))
+        .collect()
+}
+
+fn service(tenant: &str, id: &str, name: &str) -> ServiceRecord {
+    ServiceRecord {
+        id: id.into(),
+        tenant_id: tenant.into(),
+        name: name.into(),
+        role: "webhook".into(),
+        description: "a service".into(),
+        integrations: vec!["stripe".into()],
+        spec: json!({ "path": "/hooks", "verify": { "header": "X-Sig", "ttl": 300 } }),
+        version: 1,
+        created_at: t(4),
+        created_by: "tok_a1".into(),
+        updated_at: t(4),
+        updated_by: "tok_a1".into(),
+    }
+}
+
+fn event(
+    tenant: &str,
+    id: &str,
+    credential: &str,
+    kind: &str,
+    delivery: Option<&str>,
+) -> EventRecord {
+    EventRecord {
+        id: id.into(),
+        tenant_id: tenant.into(),
+        credential_id: credential.into(),
+        kind: kind.into(),
+        valid_request: true,
+        app_user_id: Some("app_u1".into()),
+        user_id: Some("user_1".into()),
+        event_type: "invoice.paid".into(),
+        delivery_id: delivery.map(str::to_string),
+        payload: json!({ "id": id, "amount": 1250, "ratio": 0.5, "tags": ["a", "ü"], "nested": { "ok": true, "none": null } }),
+        received_at: t(5),
+    }
+}
+
+fn first(limit: usize) -> PageRequest<'static> {
+    PageRequest { limit, after: None }
+}
+
+fn err<T: Debug>(r: Result<T>) -> StoreError {
+    r.expect_err("the call should have failed")
+}
+
+/// Two tenants, `ten_a` ("Acme", token tok_a1) and `ten_b` ("Beta", tok_b1).
+async fn two_tenants(s: &Arc<dyn Store>) {
+    s.create_tenant(tenant("ten_a", "Acme"), token("tok_a1", "ten_a", 1), None)
+        .await
+        .unwrap();
+    s.create_tenant(tenant("ten_b", "Beta"), token("tok_b1", "ten_b", 2), None)
+        .await
+        .unwrap();
+}
+
+async fn audit_count(s: &Arc<dyn Store>, tenant: &str) -> usize {
+    s.list_audit(tenant, first(10_000))
+        .await
+        .unwrap()
+        .items
+        .len()
+}
+
+// ---- scenarios -----------------------------------------------------------
+
+#[tokio::test]
+async fn tenants_and_tokens() {
+    each_backend(|s| async move {
+        assert_eq!(s.tenant_count().await.unwrap(), 0);
+        s.create_tenant(
+            tenant("ten_a", "Acme"),
+            token("tok_a1", "ten_a", 1),
+            Some(audit("ten_a", "tenant.create")),
+        )
+        .await
+        .unwrap();
+        s.create_tenant(tenant("ten_b", "Beta"), token("tok_b1", "ten_b", 2), None)
+            .await
+            .unwrap();
+        assert_eq!(audit_count(&s, "ten_a").await, 1);
+
+        // Tenant names are unique whatever their case; nothing of a refused one stays.
+        let e = err(s
+            .create_tenant(tenant("ten_c", "ACME"), token("tok_c1", "ten_c", 3), None)
+            .await);
+        assert!(matches!(e, StoreError::Conflict), "{e:?}");
+        assert!(s.find_token(hash(3)).await.unwrap().is_none());
+        assert_eq!(s.tenant_count().await.unwrap(), 2);
+
+        // Pages in descending id order; the cursor is the last id.
+        let p = s.list_tenants(first(1)).await.unwrap();
+        assert_eq!(p.items, [tenant("ten_b", "Beta")]);
+        assert_eq!(p.next_cursor.as_deref(), Some("ten_b"));
+        let p = s
+            .list_tenants(PageRequest {
+                limit: 1,
+                after: Some("ten_b"),
+            })
+            .await
+            .unwrap();
+        assert_eq!(p.items, [tenant("ten_a", "Acme")]);
+        assert_eq!(p.next_cursor, None);
+
+        s.create_token(token("tok_a2", "ten_a", 4), audit("ten_a", "token.create"))
+            .await
+            .unwrap();
+        let p = s.list_tokens("ten_a", first(1)).await.unwrap();
+        assert_eq!(p.items, [token("tok_a2", "ten_a", 4)]);
+        let p = s
+            .list_tokens(
+                "ten_a",
+                PageRequest {
+                    limit: 1,
+                    after: p.next_cursor.as_deref(),
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(p.items, [token("tok_a1", "ten_a", 1)]);
+        assert_eq!(p.next_cursor, None);
+        let b: Vec<_> = s.list_tokens("ten_b", first(10)).await.unwrap().items;
+        assert_eq!(b, [token("tok_b1", "ten_b", 2)]);
+
+        let (found, of) = s.find_token(hash(4)).await.unwrap().unwrap();
+        assert_eq!(found, token("tok_a2", "ten_a", 4));
+        assert_eq!(of, tenant("ten_a", "Acme"));
+
+        // Revoking: only in its own tenant, once; a revoked token is not found.
+        let e = err(s
+            .revoke_token("ten_b", "tok_a2", t(10), audit("ten_b", "token.revoke"))
+            .await);
+        assert!(matches!(e, StoreError::NotFound), "{e:?}");
+        s.revoke_token("ten_a", "tok_a2", t(10), audit("ten_a", "token.revoke"))
+            .await
+            .unwrap();
+        assert!(s.find_token(hash(4)).await.unwrap().is_none());
+        let e = err(s
+            .revoke_token("ten_a", "tok_a2", t(11), audit("ten_a", "token.revoke"))
+            .await);
+        assert!(matches!(e, StoreError::NotFound), "{e:?}");
+        let listed = s.list_tokens("ten_a", first(1)).await.unwrap().items;
+        assert_eq!(listed[0].revoked_at, Some(t(10)));
+        assert_eq!(audit_count(&s, "ten_a").await, 3);
+        assert_eq!(audit_count(&s, "ten_b").await, 0);
+
+        // Installation metadata.
+        assert_eq!(s.meta_get("key_check").await.unwrap(), None);
+        assert!(s
+            .meta_put_if_absent("key_check", vec![1, 0, 2])
+            .await
+            .unwrap());
+        assert!(!s.meta_put_if_absent("key_check", vec![9]).await.unwrap());
+        assert_eq!(s.meta_get("key_check").await.unwrap(), Some(vec![1, 0, 2]));
+        assert!(!s.has_credentials().await.unwrap());
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn credential_lifecycle() {
+    each_backend(|s| async move {
+        two_tenants(&s).await;
+        let mut stripe = credential("ten_a", "cred_1", "Stripe Live", "stripe");
+        stripe.checked_at = Some(t(7));
+        s.insert_credential(
+            stripe.clone(),
+            vec![
+                secret("webhook_secret", b"sealed-w"),
+                secret("api_key", b"sealed-k\0"),
+            ],
+            audit("ten_a", "credential.create"),
+        )
+        .await
+        .unwrap();
+        assert!(s.has_credentials().await.unwrap());
+        assert_eq!(
+            s.get_credential("ten_a", "cred_1").await.unwrap(),
+            Some(stripe.clone())
+        );
+        let (rec, sealed) = s.get_sealed("ten_a", "cred_1").await.unwrap().unwrap();
+        assert_eq!(rec, stripe);
+        assert_eq!(
+            secrets(&sealed),
+            [
+                ("api_key".to_string(), b"sealed-k\0".to_vec()),
+                ("webhook_secret".to_string(), b"sealed-w".to_vec())
+            ]
+        );
+        // Other tenants see nothing.
+        assert_eq!(s.get_credential("ten_b", "cred_1").await.unwrap(), None);
+        assert!(s.get_sealed("ten_b", "cred_1").await.unwrap().is_none());
+        assert_eq!(
+            s.credential_id_by_name("ten_a", "stripe LIVE")
+                .await
+                .unwrap()
+                .as_deref(),
+            Some("cred_1")
+        );
+        assert_eq!(
+            s.credential_id_by_name("ten_b", "Stripe Live")
+                .await
+                .unwrap(),
+            None
+        );
+
+        // A name clash (any ASCII case) names the credential that has the name,
+        // and leaves no trace: no record, no audit entry.
+        let audits = audit_count(&s, "ten_a").await;
+        let e = err(s
+            .insert_credential(
+                credential("ten_a", "cred_2", "STRIPE live", "stripe"),
+                vec![],
+                audit("ten_a", "credential.create"),
+            )
+            .await);
+        assert!(
+            matches!(&e, StoreError::NameTaken(id) if id == "cred_1"),
+            "{e:?}"
+        );
+        assert_eq!(s.get_credential("ten_a", "cred_2").await.unwrap(), None);
+        assert_eq!(audit_count(&s, "ten_a").await, audits);
+        // Names are per tenant.
+        s.insert_credential(
+            credential("ten_b", "cred_2", "Stripe Live", "stripe"),
+            vec![],
+            audit("ten_b", "credential.create"),
+        )
+        .await
+        .unwrap();
+        // Case folding is SQLite's: ASCII letters only.
+        for (id, name) in [("cred_3", "Élan"), ("cred_4", "élan")] {
+            s.insert_credential(
+                credential("ten_a", id, name, "github"),
+                vec![],
+                audit("ten_a", "credential.create"),
+            )
+            .await
+            .unwrap();
+        }
+        s.insert_credential(
+            credential("ten_a", "cred_5", "GitHub", "github"),
+            vec![],
+            audit("ten_a", "credential.create"),
+        )
+        .await
+        .unwrap();
+
+        // A mutation and its audit entry are one: a failing audit write undoes it.
+        let mut taken_audit = audit("ten_a", "credential.create");
+        taken_audit.id = s.list_audit("ten_a", first(1)).await.unwrap().items[0]
+            .id
+            .clone();
+        let e = err(s
+            .insert_credential(
+                credential("ten_a", "cred_6", "Orphan", "x"),
+                vec![],
+                taken_audit,
+            )
+            .await);
+        assert!(matches!(e, StoreError::Backend(_)), "{e:?}");
+        assert_eq!(s.get_credential("ten_a", "cred_6").await.unwrap(), None);
+        assert_eq!(
+            s.credential_id_by_name("ten_a", "orphan").await.unwrap(),
+            None
+        );
+
+        // Updates: version checked, tenant scoped, names still unique.
+        let mut next = stripe.clone();
+        next.version = 2;
+        next.name = "Stripe Prod".into();
+        next.scopes = vec!["read".into()];
+        next.services = BTreeMap::from([("webhooks".to_string(), "svc_9".to_string())]);
+        next.updated_at = t(8);
+        next.updated_by = "tok_a2".into();
+        let update = |record: CredentialRecord, expected_version| CredentialUpdate {
+            record,
+            expected_version,
+            put_secrets: vec![secret("api_key", b"sealed-k2")],
+            remove_secrets: vec!["webhook_secret".into()],
+        };
+        let e = err(s
+            .update_credential(update(next.clone(), 7), audit("ten_a", "credential.update"))
+            .await);
+        assert!(
+            matches!(e, StoreError::VersionMismatch { current: 1 }),
+            "{e:?}"
+        );
+        let mut elsewhere = next.clone();
+        elsewhere.tenant_id = "ten_b".into();
+        elsewhere.id = "cred_1".into();
+        let e = err(s
+            .update_credential(update(elsewhere, 1), audit("ten_b", "credential.update"))
+            .await);
+        assert!(matches!(e, StoreError::NotFound), "{e:?}");
+        let mut missing = next.clone();
+        missing.id = "cred_404".into();
+        let e = err(s
+            .update_credential(update(missing, 1), audit("ten_a", "credential.update"))
+            .await);
+        assert!(matches!(e, StoreError::NotFound), "{e:?}");
+        let mut clash = next.clone();
+        clash.name = "github".into();
+        let e = err(s
+            .update_credential(update(clash, 1), audit("ten_a", "credential.update"))
+            .await);
+        assert!(
+            matches!(&e, StoreError::NameTaken(id) if id == "cred_5"),
+            "{e:?}"
+        );
+        s.update_credential(update(next.clone(), 1), audit("ten_a", "credential.update"))
+            .await
+            .unwrap();
+        let (rec, sealed) = s.get_sealed("ten_a", "cred_1").await.unwrap().unwrap();
+        assert_eq!(rec, next);
+        assert_eq!(
+            secrets(&sealed),
+            [("api_key".to_string(), b"sealed-k2".to_vec())]
+        );
+        // Renaming a credential to its own name in another case is no clash.
+        let mut recased = next.clone();
+        recased.name = "STRIPE PROD".into();
+        recased.version = 3;
+        s.update_credential(
+            CredentialUpdate {
+                record: recased.clone(),
+                expected_version: 2,
+                put_secrets: vec![],
+                remove_secrets: vec![],
+            },
+            audit("ten_a", "credential.update"),
+        )
+        .await
+        .unwrap();
+
+        // A status check is no new version.
+        s.set_credential_status(
+            "ten_a",
+            "cred_1",
+            "valid",
+            "token works",
+            t(9),
+            audit("ten_a", "credential.check"),
+        )
+        .await
+        .unwrap();
+        let rec = s.get_credential("ten_a", "cred_1").await.unwrap().unwrap();
+        assert_eq!(
+            (rec.status.as_str(), rec.status_message.as_deref()),
+            ("valid", Some("token works"))
+        );
+        assert_eq!((rec.checked_at, rec.version), (Some(t(9)), 3));
+        let e = err(s
+            .set_credential_status(
+                "ten_b",
+                "cred_1",
+                "valid",
+                "",
+                t(9),
+                audit("ten_b", "credential.check"),
+            )
+            .await);
+        assert!(matches!(e, StoreError::NotFound), "{e:?}");
+
+        // Ingress finds a credential by id alone.
+        let (by_id, sealed) = s.get_sealed_by_id("cred_1").await.unwrap().unwrap();
+        assert_eq!((by_id.tenant_id.as_str(), sealed.len()), ("ten_a", 1));
+        assert!(s.get_sealed_by_id("cred_404").await.unwrap().is_none());
+
+        // Times keep whole milliseconds on both backends.
+        let mut precise = credential("ten_a", "cred_7", "Precise", "x");
+        precise.created_at = Utc.timestamp_nanos(1_700_000_000_123_456_789);
+        s.insert_credential(precise, vec![], audit("ten_a", "credential.create"))
+            .await
+            .unwrap();
+        let got = s.get_credential("ten_a", "cred_7").await.unwrap().unwrap();
+        assert_eq!(
+            got.created_at,
+            Utc.timestamp_millis_opt(1_700_000_000_123).unwrap()
+        );
+
+        // Deleting takes its secrets, user mappings, events and counters along.
+        s.put_user_mapping(
+            "ten_a",
+            "cred_1",
+            UserMapping {
+                app_user_id: "app_u1".into(),
+                user_id: "user_1".into(),
+                created_at: t(10),
+            },
+            audit("ten_a", "mapping.put"),
+        )
+        .await
+        .unwrap();
+        assert!(s
+            .insert_event(event("ten_a", "evt_1", "cred_1", "webhook", Some("d1")))
+            .await
+            .unwrap());
+        s.add_counters(vec![CounterDelta {
+            credential_id: "cred_1".into(),
+            kind: "webhook".into(),
+            outcome: "accepted".into(),
+            count: 1,
+        }])
+        .await
+        .unwrap();
+        let e = err(s
+            .delete_credential("ten_b", "cred_1", audit("ten_b", "credential.delete"))
+            .await);
+        assert!(matches!(e, StoreError::NotFound), "{e:?}");
+        let audits = audit_count(&s, "ten_a").await;
+        s.delete_credential("ten_a", "cred_1", audit("ten_a", "credential.delete"))
+            .await
+            .unwrap();
+        assert_eq!(audit_count(&s, "ten_a").await, audits + 1);
+        assert_eq!(s.get_credential("ten_a", "cred_1").await.unwrap(), None);
+        assert!(s.get_sealed_by_id("cred_1").await.unwrap().is_none());
+        assert_eq!(s.find_user_mapping("cred_1", "app_u1").await.unwrap(), None);
+        assert_eq!(s.get_event("ten_a", "evt_1").await.unwrap(), None);
+        assert!(s.counters("cred_1").await.unwrap().is_empty());
+        let e = err(s
+            .delete_credential("ten_a", "cred_1", audit("ten_a", "credential.delete"))
+            .await);
+        assert!(matches!(e, StoreError::NotFound), "{e:?}");
+        // The secrets are gone: the id again, without secrets, has none.
+        s.insert_credential(stripe, vec![], audit("ten_a", "credential.create"))
+            .await
+            .unwrap();
+        let (_, sealed) = s.get_sealed("ten_a", "cred_1").await.unwrap().unwrap();
+        assert!(sealed.is_empty());
+        // And so is the mapping.
+        let mappings = s
+            .list_user_mappings("ten_a", "cred_1", first(10))
+            .await
+            .unwrap();
+        assert!(mappings.items.is_empty());
+    })
+    .await;
+}
+
+/// Writers that race for one name, or one version, queue: one wins and the
+/// others are told who has the name, or which version is current.
+#[tokio::test]
+async fn concurrent_writers_of_one_name_or_version() {
+    each_backend(|s| async move {
+        two_tenants(&s).await;
+        let mut racers = JoinSet::new();
+        for n in 0..8 {
+            let s = s.clone();
+            racers.spawn(async move {
+                let id = format!("cred_r{n}");
+                let name = if n % 2 == 0 { "Race" } else { "RACE" };
+                let r = s
+                    .insert_credential(
+                        credential("ten_a", &id, name, "x"),
+                        vec![],
+                        audit("ten_a", "credential.create"),
+                    )
+                    .await;
+                (id, r)
+            });
+        }
+        let (mut won, mut lost) = (Vec::new(), Vec::new());
+        while let Some(joined) = racers.join_next().await {
+            match joined.unwrap() {
+                (id, Ok(())) => won.push(id),
+                (_, Err(StoreError::NameTaken(holder))) => lost.push(holder),
+                (id, Err(e)) => panic!("{id}: {e:?}"),
+            }
+        }
+        assert_eq!(won.len(), 1, "exactly one insert wins");
+        assert_eq!(lost, vec![won[0].clone(); 7]);
+
+        let winner = s.get_credential("ten_a", &won[0]).await.unwrap().unwrap();
+        let mut racers = JoinSet::new();
+        for n in 0..6 {
+            let (s, mut record) = (s.clone(), winner.clone());
+            record.version = 2;
+            record.description = format!("edit {n}");
+            racers.spawn(async move {
+                let update = CredentialUpdate {
+                    record,
+                    expected_version: 1,
+                    put_secrets: vec![],
+                    remove_secrets: vec![],
+                };
+                s.update_credential(update, audit("ten_a", "credential.update"))
+                    .await
+            });
+        }
+        let (mut ok, mut stale) = (0, 0);
+        while let Some(joined) = racers.join_next().await {
+            match joined.unwrap() {
+                Ok(()) => ok += 1,
+                Err(StoreError::VersionMismatch { current: 2 }) => stale += 1,
+                Err(e) => panic!("{e:?}"),
+            }
+        }
+        assert_eq!((ok, stale), (1, 5));
+    })
+    .await;
+}
+
+async fn ids(
+    s: &Arc<dyn Store>,
+    tenant: &str,
+    filter: &CredentialFilter,
+    limit: usize,
+) -> Vec<Vec<String>> {
+    let mut pages = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let page = s
+            .list_credentials(
+                tenant,
+                filter,
+                PageRequest {
+                    limit,
+                    after: after.as_deref(),
+                },
+            )
+            .await
+            .unwrap();
+        pages.push(page.items.into_iter().map(|c| c.id).collect());
+        match page.next_cursor {
+            Some(c) => after = Some(c),
+            None => return pages,
+        }
+    }
+}
+
+#[tokio::test]
+async fn list_filters_and_pages() {
+    each_backend(|s| async move {
+        two_tenants(&s).await;
+        for (id, name, integration, auth, status) in [
+            ("cred_1", "Stripe A", "stripe", "api_key", "valid"),
+            ("cred_2", "GitHub A", "github", "oauth2", "valid"),
+            ("cred_3", "Stripe B", "stripe", "oauth2", "invalid"),
+            ("cred_4", "Slack", "slack", "oauth2", "unverified"),
+            ("cred_5", "Stripe C", "stripe", "api_key", "valid"),
+        ] {
+            let mut c = credential("ten_a", id, name, integration);
+            c.auth_type = auth.into();
+            c.status = status.into();
+            s.insert_credential(c, vec![], audit("ten_a", "credential.create"))
+                .await
+                .unwrap();
+        }
+        s.insert_credential(
+            credential("ten_b", "cred_6", "Stripe Z", "stripe"),
+            vec![],
+            audit("ten_b", "credential.create"),
+        )
+        .await
+        .unwrap();
+
+        let all = CredentialFilter::default();
+        assert_eq!(
+            ids(&s, "ten_a", &all, 2).await,
+            [
+                vec!["cred_5", "cred_4"],
+                vec!["cred_3", "cred_2"],
+                vec!["cred_1"]
+            ]
+        );
+        // A page that holds the rest has no cursor.
+        assert_eq!(
+            ids(&s, "ten_a", &all, 5).await,
+            [vec!["cred_5", "cred_4", "cred_3", "cred_2", "cred_1"]]
+        );
+        assert_eq!(ids(&s, "ten_b", &all, 10).await, [vec!["cred_6"]]);
+        let by = |integration: Option<&str>, auth: Option<&str>, status: Option<&str>| {
+            CredentialFilter {
+                integration: integration.map(str::to_string),
+                auth_type: auth.map(str::to_string),
+                status: status.map(str::to_string),
+                ..Default::default()
+            }
+        };
+        assert_eq!(
+            ids(&s, "ten_a", &by(Some("stripe"), None, None), 2).await,
+            [vec!["cred_5", "cred_3"], vec!["cred_1"]]
+        );
+        assert_eq!(
+            ids(&s, "ten_a", &by(None, Some("oauth2"), None), 10).await,
+            [vec!["cred_4", "cred_3", "cred_2"]]
+        );
+        assert_eq!(
+            ids(
+                &s,
+                "ten_a",
+                &by(Some("stripe"), Some("api_key"), Some("valid")),
+                10
+            )
+            .await,
+            [vec!["cred_5", "cred_1"]]
+        );
+        assert_eq!(
+            ids(&s, "ten_a", &by(Some("none"), None, None), 10).await,
+            [Vec::<String>::new()]
+        );
+
+        // A few rows: the window of newest rows answers the search.
+        let q = |q: &str, integrations: &[&str]| CredentialFilter {
+            q: Some(q.into()),
+            q_integrations: integrations.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        };
+        assert_eq!(
+            ids(&s, "ten_a", &q("STRIPE", &[]), 2).await,
+            [vec!["cred_5", "cred_3"], vec!["cred_1"]]
+        );
+        assert_eq!(
+            ids(&s, "ten_a", &q("slac", &["github"]), 10).await,
+            [vec!["cred_4", "cred_2"]]
+        );
+        assert_eq!(
+            ids(&s, "ten_a", &q("z", &[]), 10).await,
+            [Vec::<String>::new()]
+        );
+        let mut stripe_valid = q("stripe", &[]);
+        stripe_valid.status = Some("valid".into());
+        assert_eq!(
+            ids(&s, "ten_a", &stripe_valid, 10).await,
+            [vec!["cred_5", "cred_1"]]
+        );
+        // An empty query is no query.
+        assert_eq!(ids(&s, "ten_a", &q("", &[]), 10).await[0].len(), 5);
+    })
+    .await;
+}
+
+async fn names(
+    s: &Arc<dyn Store>,
+    tenant: &str,
+    q: &str,
+    integrations: &[&str],
+    limit: usize,
+) -> Vec<String> {
+    let filter = CredentialFilter {
+        q: Some(q.into()),
+        q_integrations: integrations.iter().map(|s| s.to_string()).collect(),
+        ..Default::default()
+    };
+    let mut out = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let page = s
+            .list_credentials(
+                tenant,
+                &filter,
+                PageRequest {
+                    limit,
+                    after: after.as_deref(),
+                },
+            )
+            .await
+            .unwrap();
+        out.extend(page.items.into_iter().map(|c| c.name));
+        match page.next_cursor {
+            Some(c) => after = Some(c),
+            None => return out,
+        }
+    }
+}
+
+/// Enough rows (more than the 2,000 a search scans first) that a search must
+/// leave the window of newest rows and use the index, or the scan for short
+/// queries, to find old matches.
+#[tokio::test]
+async fn search_dense_and_sparse() {
+    each_backend(|s| async move {
+        two_tenants(&s).await;
+        let total = 2_500;
+        let specials = [
+            (3, "Needle Billing", "stripe"),
+            (4, "Xy old", "github"),
+            (5, "Rare app", "zendesk"),
+            (6, "Promo 100%_off", "github"),
+            (7, "Promo 100x off", "github"),
+        ];
+        let mut writers = JoinSet::new();
+        for n in 0..total {
+            let (name, integration) = match specials.iter().find(|(k, _, _)| *k == n) {
+                Some((_, name, integration)) => (name.to_string(), *integration),
+                None => (format!("Bulk {n}"), "github"),
+            };
+            while writers.len() >= 16 {
+                writers.join_next().await.unwrap().unwrap();
+            }
+            let s = s.clone();
+            writers.spawn(async move {
+                s.insert_credential(
+                    credential("ten_a", &format!("cred_{n:026}"), &name, integration),
+                    vec![],
+                    audit("ten_a", "credential.create"),
+                )
+                .await
+                .unwrap()
+            });
+        }
+        while let Some(w) = writers.join_next().await {
+            w.unwrap();
+        }
+        s.insert_credential(
+            credential("ten_b", "cred_b", "Needle other", "stripe"),
+            vec![],
+            audit("ten_b", "credential.create"),
+        )
+        .await
+        .unwrap();
+
+        // Sparse matches, older than the window: through the index.
+        assert_eq!(
+            names(&s, "ten_a", "needle", &[], 50).await,
+            ["Needle Billing"]
+        );
+        assert_eq!(
+            names(&s, "ten_a", "EEDLE BILL", &[], 50).await,
+            ["Needle Billing"]
+        );
+        assert_eq!(
+            names(&s, "ten_b", "needle", &[], 50).await,
+            ["Needle other"]
+        );
+        // Short queries scan.
+        assert_eq!(names(&s, "ten_a", "xy", &[], 50).await, ["Xy old"]);
+        // The app's name matches through its integration id.
+        assert_eq!(
+            names(&s, "ten_a", "zen", &["zendesk"], 50).await,
+            ["Rare app"]
+        );
+        // LIKE's wildcards are plain characters in a query.
+        assert_eq!(names(&s, "ten_a", "0%_", &[], 50).await, ["Promo 100%_off"]);
+        assert_eq!(names(&s, "ten_a", "%", &[], 50).await, ["Promo 100%_off"]);
+        assert_eq!(names(&s, "ten_a", "_", &[], 50).await, ["Promo 100%_off"]);
+        assert_eq!(
+            names(&s, "ten_a", "100_o", &[], 50).await,
+            Vec::<String>::new()
+        );
+        // Sparse matches page too, newest first.
+        assert_eq!(
+            names(&s, "ten_a", "promo", &[], 1).await,
+            ["Promo 100x off", "Promo 100%_off"]
+        );
+        // Exact filters hold on the index path.
+        let filter = CredentialFilter {
+            q: Some("needle".into()),
+            integration: Some("github".into()),
+            ..Default::default()
+        };
+        let page = s
+            .list_credentials("ten_a", &filter, first(10))
+            .await
+            .unwrap();
+        assert!(page.items.is_empty() && page.next_cursor.is_none());
+        // Dense matches: the window answers, and paging still sees each row once.
+        let bulk = names(&s, "ten_a", "bulk", &[], 200).await;
+        assert_eq!(bulk.len(), total - specials.len());
+        let unique: std::collections::BTreeSet<_> = bulk.iter().collect();
+        assert_eq!(unique.len(), bulk.len());
+        assert_eq!(bulk[0], format!("Bulk {}", total - 1), "newest first");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn services_in_use() {
+    each_backend(|s| async move {
+        two_tenants(&s).await;
+        let billing = service("ten_a", "svc_1", "Billing Hooks");
+        s.create_service(billing.clone(), audit("ten_a", "service.create"))
+            .await
+            .unwrap();
+        let e = err(s
+            .create_service(
+                service("ten_a", "svc_2", "billing HOOKS"),
+                audit("ten_a", "service.create"),
+            )
+            .await);
+        assert!(
+            matches!(&e, StoreError::NameTaken(id) if id == "svc_1"),
+            "{e:?}"
+        );
+        s.create_service(
+            service("ten_a", "svc_3", "Alerts"),
+            audit("ten_a", "service.create"),
+        )
+        .await
+        .unwrap();
+        s.create_service(
+            service("ten_b", "svc_4", "Billing Hooks"),
+            audit("ten_b", "service.create"),
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            s.get_service("ten_a", "svc_1").await.unwrap(),
+            Some(billing.clone())
+        );
+        assert_eq!(s.get_service("ten_b", "svc_1").await.unwrap(), None);
+        let listed: Vec<_> = s
+            .list_services("ten_a")
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|v| v.id)
+            .collect();
+        assert_eq!(listed, ["svc_3", "svc_1"]);
+
+        for (id, name) in [("cred_2", "Second user"), ("cred_1", "First user")] {
+            let mut c = credential("ten_a", id, name, "stripe");
+            c.services = BTreeMap::from([("webhooks".to_string(), "svc_1".to_string())]);
+            s.insert_credential(c, vec![], audit("ten_a", "credential.create"))
+                .await
+                .unwrap();
+        }
+        let users = vec![
+            ("cred_1".to_string(), "First user".to_string()),
+            ("cred_2".to_string(), "Second user".to_string()),
+        ];
+
+        let mut next = billing.clone();
+        next.version = 2;
+        next.description = "changed".into();
+        next.spec = json!({ "path": "/v2" });
+        next.integrations = vec!["stripe".into(), "github".into()];
+        next.role = "action".into();
+        next.updated_at = t(20);
+        let e = err(s
+            .update_service(next.clone(), 5, false, audit("ten_a", "service.update"))
+            .await);
+        assert!(
+            matches!(e, StoreError::VersionMismatch { current: 1 }),
+            "{e:?}"
+        );
+        let e = err(s
+            .update_service(next.clone(), 1, false, audit("ten_a", "service.update"))
+            .await);
+        assert!(matches!(&e, StoreError::InUse(u) if *u == users), "{e:?}");
+        let mut clash = next.clone();
+        clash.name = "ALERTS".into();
+        let e = err(s
+            .update_service(clash, 1, true, audit("ten_a", "service.update"))
+            .await);
+        assert!(
+            matches!(&e, StoreError::NameTaken(id) if id == "svc_3"),
+            "{e:?}"
+        );
+        let mut missing = next.clone();
+        missing.id = "svc_404".into();
+        let e = err(s
+            .update_service(missing, 1, true, audit("ten_a", "service.update"))
+            .await);
+        assert!(matches!(e, StoreError::NotFound), "{e:?}");
+        s.update_service(next.clone(), 1, true, audit("ten_a", "service.update"))
+            .await
+            .unwrap();
+        // An update keeps the role.
+        let mut expected = next.clone();
+        expected.role = billing.role.clone();
+        assert_eq!(
+            s.get_service("ten_a", "svc_1").await.unwrap(),
+            Some(expected)
+        );
+
+        let e = err(s
+            .delete_service("ten_a", "svc_1", audit("ten_a", "service.delete"))
+            .await);
+        assert!(matches!(&e, StoreError::InUse(u) if *u == users), "{e:?}");
+        let e = err(s
+            .delete_service("ten_b", "svc_1", audit("ten_b", "service.delete"))
+            .await);
+        assert!(matches!(e, StoreError::NotFound), "{e:?}");
+        for id in ["cred_1", "cred_2"] {
+            s.delete_credential("ten_a", id, audit("ten_a", "credential.delete"))
+                .await
+                .unwrap();
+        }
+        s.delete_service("ten_a", "svc_1", audit("ten_a", "service.delete"))
+            .await
+            .unwrap();
+        assert_eq!(s.get_service("ten_a", "svc_1").await.unwrap(), None);
+        let e = err(s
+            .delete_service("ten_a", "svc_1", audit("ten_a", "service.delete"))
+            .await);
+        assert!(matches!(e, StoreError::NotFound), "{e:?}");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn events_are_stored_once_per_delivery() {
+    each_backend(|s| async move {
+        two_tenants(&s).await;
+        let e1 = event("ten_a", "evt_1", "cred_1", "webhook", Some("d1"));
+        assert!(s.insert_event(e1.clone()).await.unwrap());
+        // The same delivery again, for the same credential and kind: not stored.
+        assert!(!s
+            .insert_event(event("ten_a", "evt_2", "cred_1", "webhook", Some("d1")))
+            .await
+            .unwrap());
+        // Another kind, another credential, or no delivery id: stored.
+        let mut e3 = event("ten_a", "evt_3", "cred_1", "action", Some("d1"));
+        e3.event_type = "button.click".into();
+        e3.user_id = None;
+        e3.valid_request = false;
+        assert!(s.insert_event(e3.clone()).await.unwrap());
+        assert!(s
+            .insert_event(event("ten_a", "evt_4", "cred_2", "webhook", Some("d1")))
+            .await
+            .unwrap());
+        assert!(s
+            .insert_event(event("ten_a", "evt_5", "cred_1", "webhook", None))
+            .await
+            .unwrap());
+        assert!(s
+            .insert_event(event("ten_a", "evt_6", "cred_1", "webhook", None))
+            .await
+            .unwrap());
+        assert!(s
+            .insert_event(event("ten_b", "evt_7", "cred_9", "webhook", Some("d1")))
+            .await
+            .unwrap());
+
+        assert_eq!(s.get_event("ten_a", "evt_1").await.unwrap(), Some(e1));
+        assert_eq!(s.get_event("ten_a", "evt_3").await.unwrap(), Some(e3));
+        assert_eq!(s.get_event("ten_a", "evt_2").await.unwrap(), None);
+        assert_eq!(s.get_event("ten_b", "evt_1").await.unwrap(), None);
+
+        let list = |f: EventFilter, limit| {
+            let s = s.clone();
+            async move {
+                let mut pages = Vec::new();
+                let mut after: Option<String> = None;
+                loop {
+                    let p = s
+                        .list_events(
+                            "ten_a",
+                            &f,
+                            PageRequest {
+                                limit,
+                                after: after.as_deref(),
+                            },
+                        )
+                        .await
+                        .unwrap();
+                    pages.push(p.items.into_iter().map(|e| e.id).collect::<Vec<_>>());
+                    match p.next_cursor {
+                        Some(c) => after = Some(c),
+                        None => return pages,
+                    }
+                }
+            }
+        };
+        assert_eq!(
+            list(EventFilter::default(), 2).await,
+            [
+                vec!["evt_6", "evt_5"],
+                vec!["evt_4", "evt_3"],
+                vec!["evt_1"]
+            ]
+        );
+        let f = |credential: Option<&str>,
+                 kind: Option<&str>,
+                 event_type: Option<&str>,
+                 user: Option<&str>| EventFilter {
+            credential_id: credential.map(str::to_string),
+            kind: kind.map(str::to_string),
+            event_type: event_type.map(str::to_string),
+            user_id: user.map(str::to_string),
+        };
+        assert_eq!(
+            list(f(Some("cred_2"), None, None, None), 10).await,
+            [vec!["evt_4"]]
+        );
+        assert_eq!(
+            list(f(None, Some("action"), None, None), 10).await,
+            [vec!["evt_3"]]
+        );
+        assert_eq!(
+            list(f(None, None, Some("button.click"), None), 10).await,
+            [vec!["evt_3"]]
+        );
+        assert_eq!(
+            list(f(Some("cred_1"), Some("webhook"), None, Some("user_1")), 10).await,
+            [vec!["evt_6", "evt_5", "evt_1"]]
+        );
+        let b = s
+            .list_events("ten_b", &EventFilter::default(), first(10))
+            .await
+            .unwrap();
+        assert_eq!(b.items.len(), 1);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn user_mappings() {
+    each_backend(|s| async move {
+        two_tenants(&s).await;
+        s.insert_credential(
+            credential("ten_a", "cred_1", "Slack", "slack"),
+            vec![],
+            audit("ten_a", "credential.create"),
+        )
+        .await
+        .unwrap();
+        let mapping = |app: &str, user: &str, at| UserMapping {
+            app_user_id: app.into(),
+            user_id: user.into(),
+            created_at: t(at),
+        };
+        let audits = audit_count(&s, "ten_b").await;
+        let e = err(s
+            .put_user_mapping(
+                "ten_b",
+                "cred_1",
+                mapping("U1", "user_1", 1),
+                audit("ten_b", "mapping.put"),
+            )
+            .await);
+        assert!(matches!(e, StoreError::NotFound), "{e:?}");
+        assert_eq!(audit_count(&s, "ten_b").await, audits);
+        for (app, user) in [("U3", "user_3"), ("U1", "user_1"), ("U2", "user_2")] {
+            s.put_user_mapping(
+                "ten_a",
+                "cred_1",
+                mapping(app, user, 1),
+                audit("ten_a", "mapping.put"),
+            )
+            .await
+            .unwrap();
+        }
+        // Mapping an app user again replaces the user, not the creation time.
+        s.put_user_mapping(
+            "ten_a",
+            "cred_1",
+            mapping("U1", "user_9", 50),
+            audit("ten_a", "mapping.put"),
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            s.find_user_mapping("cred_1", "U1")
+                .await
+                .unwrap()
+                .as_deref(),
+            Some("user_9")
+        );
+        assert_eq!(s.find_user_mapping("cred_1", "U4").await.unwrap(), None);
+
+        // Ascending app user ids; the cursor is the last one.
+        let p = s
+            .list_user_mappings("ten_a", "cred_1", first(2))
+            .await
+            .unwrap();
+        assert_eq!(
+            p.items,
+            [mapping("U1", "user_9", 1), mapping("U2", "user_2", 1)]
+        );
+        assert_eq!(p.next_cursor.as_deref(), Some("U2"));
+        let p = s
+            .list_user_mappings(
+                "ten_a",
+                "cred_1",
+                PageRequest {
+                    limit: 2,
+                    after: Some("U2"),
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(p.items, [mapping("U3", "user_3", 1)]);
+        assert_eq!(p.next_cursor, None);
+        let e = err(s.list_user_mappings("ten_b", "cred_1", first(2)).await);
+        assert!(matches!(e, StoreError::NotFound), "{e:?}");
+        let e = err(s.list_user_mappings("ten_a", "cred_404", first(2)).await);
+        assert!(matches!(e, StoreError::NotFound), "{e:?}");
+
+        s.delete_user_mapping("ten_a", "cred_1", "U2", audit("ten_a", "mapping.delete"))
+            .await
+            .unwrap();
+        let e = err(s
+            .delete_user_mapping("ten_a", "cred_1", "U2", audit("ten_a", "mapping.delete"))
+            .await);
+        assert!(matches!(e, StoreError::NotFound), "{e:?}");
+        let e = err(s
+            .delete_user_mapping("ten_b", "cred_1", "U1", audit("ten_b", "mapping.delete"))
+            .await);
+        assert!(matches!(e, StoreError::NotFound), "{e:?}");
+        assert_eq!(s.find_user_mapping("cred_1", "U2").await.unwrap(), None);
+        assert_eq!(
+            s.find_user_mapping("cred_1", "U1")
+                .await
+                .unwrap()
+                .as_deref(),
+            Some("user_9")
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn counters_add_up() {
+    each_backend(|s| async move {
+        let d = |credential: &str, kind: &str, outcome: &str, count| CounterDelta {
+            credential_id: credential.into(),
+            kind: kind.into(),
+            outcome: outcome.into(),
+            count,
+        };
+        s.add_counters(vec![]).await.unwrap();
+        s.add_counters(vec![
+            d("cred_1", "webhook", "accepted", 2),
+            d("cred_1", "webhook", "accepted", 3),
+            d("cred_1", "webhook", "duplicate", 1),
+            d("cred_2", "action", "accepted", 1),
+        ])
+        .await
+        .unwrap();
+        s.add_counters(vec![
+            d("cred_1", "webhook", "accepted", 5),
+            d("cred_1", "action", "rejected:bad_signature", 1),
+        ])
+        .await
+        .unwrap();
+        assert_eq!(
+            s.counters("cred_1").await.unwrap(),
+            [
+                d("cred_1", "action", "rejected:bad_signature", 1),
+                d("cred_1", "webhook", "accepted", 10),
+                d("cred_1", "webhook", "duplicate", 1),
+            ]
+        );
+        assert_eq!(
+            s.counters("cred_2").await.unwrap(),
+            [d("cred_2", "action", "accepted", 1)]
+        );
+        assert!(s.counters("cred_3").await.unwrap().is_empty());
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn sessions_expire_and_die_with_their_token() {
+    each_backend(|s| async move {
+        two_tenants(&s).await;
+        s.create_token(token("tok_a2", "ten_a", 4), audit("ten_a", "token.create"))
+            .await
+            .unwrap();
+        let session = |n: u8, token: &str, from: i64, to: i64| SessionRecord {
+            id_hash: hash(100 + n),
+            token_id: token.into(),
+            csrf: format!("csrf-{n}"),
+            created_at: t(from),
+            expires_at: t(to),
+        };
+        s.create_session(session(1, "tok_a1", 100, 200))
+            .await
+            .unwrap();
+        let (found, tok, ten) = s.find_session(hash(101), t(150)).await.unwrap().unwrap();
+        assert_eq!(found, session(1, "tok_a1", 100, 200));
+        assert_eq!(tok, token("tok_a1", "ten_a", 1));
+        assert_eq!(ten, tenant("ten_a", "Acme"));
+        // Expired at its expiry time.
+        assert!(s.find_session(hash(101), t(200)).await.unwrap().is_none());
+        assert!(s.find_session(hash(199), t(150)).await.unwrap().is_none());
+        // A new session clears the expired ones.
+        s.create_session(session(2, "tok_a2", 300, 400))
+            .await
+            .unwrap();
+        assert!(s.find_session(hash(101), t(150)).await.unwrap().is_none());
+        assert!(s.find_session(hash(102), t(350)).await.unwrap().is_some());
+        // A session dies with its token.
+        s.revoke_token("ten_a", "tok_a2", t(360), audit("ten_a", "token.revoke"))
+            .await
+            .unwrap();
+        assert!(s.find_session(hash(102), t(370)).await.unwrap().is_none());
+        // Signing out.
+        s.create_session(session(3, "tok_a1", 300, 400))
+            .await
+            .unwrap();
+        assert!(s.find_session(hash(103), t(350)).await.unwrap().is_some());
+        s.delete_session(hash(103)).await.unwrap();
+        assert!(s.find_session(hash(103), t(350)).await.unwrap().is_none());
+        s.delete_session(hash(103)).await.unwrap();
+        // Only for a token that exists.
+        assert!(s
+            .create_session(session(4, "tok_404", 300, 400))
+            .await
+            .is_err());
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn audit_pages() {
+    each_backend(|s| async move {
+        two_tenants(&s).await;
+        let entry = |tenant: &str, n: usize| {
+            let mut a = audit(tenant, "credential.export");
+            a.id = format!("aud_p{n:02}");
+            a.source = (n > 4).then(|| "10.0.0.1".to_string());
+            a.details =
+                json!({ "n": n, "fields": ["api_key"], "nested": { "x": [1, 2.5, "three"] } });
+            a
+        };
+        for n in 1..=7 {
+            s.record_audit(entry("ten_a", n)).await.unwrap();
+        }
+        for n in 8..=9 {
+            s.record_audit(entry("ten_b", n)).await.unwrap();
+        }
+        let mut pages = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let p = s
+                .list_audit(
+                    "ten_a",
+                    PageRequest {
+                        limit: 3,
+                        after: after.as_deref(),
+                    },
+                )
+                .await
+                .unwrap();
+            pages.push(p.items);
+            match p.next_cursor {
+                Some(c) => after = Some(c),
+                None => break,
+            }
+        }
+        let ids: Vec<Vec<&str>> = pages
+            .iter()
+            .map(|p| p.iter().map(|a| a.id.as_str()).collect())
+            .collect();
+        assert_eq!(
+            ids,
+            [
+                vec!["aud_p07", "aud_p06", "aud_p05"],
+                vec!["aud_p04", "aud_p03", "aud_p02"],
+                vec!["aud_p01"]
+            ]
+        );
+        assert_eq!(pages[0][0], entry("ten_a", 7));
+        assert_eq!(pages[0][1], entry("ten_a", 6));
+        let b = s.list_audit("ten_b", first(10)).await.unwrap();
+        assert_eq!(b.items, [entry("ten_b", 9), entry("ten_b", 8)]);
+        assert!(
+            s.record_audit(entry("ten_a", 7)).await.is_err(),
+            "audit ids are unique"
+        );
+    })
+    .await;
+}
+
+/// PostgreSQL only: migrations apply once, whoever starts first.
+#[tokio::test]
+async fn postgres_replicas_migrate_once() {
+    let Some(schema) = postgres_or_skip().await else {
+        return;
+    };
+    let name = schema.name.clone();
+    let outcome = tokio::spawn(async move {
+        let url = postgres_url();
+        let idle = PostgresStore::open_unmigrated(&url, Some(&name)).unwrap();
+        assert_eq!(
+            idle.migration_status().await.unwrap(),
+            [(1, false), (2, false), (3, false)]
+        );
+        let mut replicas = JoinSet::new();
+        for _ in 0..3 {
+            let (url, name) = (url.clone(), name.clone());
+            replicas.spawn(async move {
+                PostgresStore::connect_in_schema(&url, &name)
+                    .await
+                    .map(|_| ())
+            });
+        }
+        while let Some(r) = replicas.join_next().await {
+            r.unwrap().unwrap();
+        }
+        assert_eq!(
+            idle.migration_status().await.unwrap(),
+            [(1, true), (2, true), (3, true)]
+        );
+        assert!(idle.migrate().await.unwrap().is_empty());
+        let e = PostgresStore::connect_in_schema(&url, "Bad-Name")
+            .await
+            .err();
+        assert!(matches!(e, Some(StoreError::Backend(_))), "{e:?}");
+    })
+    .await;
+    schema.drop_schema().await;
+    if let Err(e) = outcome {
+        std::panic::resume_unwind(e.into_panic());
+    }
+}
