@@ -49,6 +49,13 @@ struct ServeArgs {
     /// Time limit of each outbound call, in seconds.
     #[arg(long, default_value_t = 10, env = "LATCHKEY_OUTBOUND_TIMEOUT")]
     outbound_timeout_secs: u64,
+    /// A PostgreSQL database shared by any number of replicas
+    /// (`postgres://user@host/db`); leave out for the embedded SQLite.
+    #[arg(long, env = "LATCHKEY_DATABASE_URL")]
+    database_url: Option<String>,
+    /// The PostgreSQL schema to use (created if missing).
+    #[arg(long, env = "LATCHKEY_DATABASE_SCHEMA", requires = "database_url")]
+    database_schema: Option<String>,
     /// Log format.
     #[arg(long, value_parser = ["text", "json"], default_value = "text", env = "LATCHKEY_LOG_FORMAT")]
     log_format: String,
@@ -75,6 +82,8 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             public_url: args.public_url,
             master_key,
             allow_outbound: args.allow_outbound,
+            database_url: args.database_url,
+            database_schema: args.database_schema,
             outbound_timeout: std::time::Duration::from_secs(args.outbound_timeout_secs),
             ..server::Config::new(args.listen, args.data_dir)
         };

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use crypto::MasterKey;
 use secrecy::SecretString;
-use storage::{SqliteStore, Store};
+use storage::{PostgresStore, SqliteStore, Store};
 
 pub use app::App;
 pub use crypto::KeySource;
@@ -33,6 +33,12 @@ pub struct Config {
     pub allow_outbound: Vec<String>,
     /// Time limit of each outbound call (token validation).
     pub outbound_timeout: Duration,
+    /// `postgres://…` to share one PostgreSQL between replicas; `None` for
+    /// the embedded SQLite in the data dir.
+    pub database_url: Option<String>,
+    /// The PostgreSQL schema to live in (created if missing); `None` for the
+    /// connection's default.
+    pub database_schema: Option<String>,
 }
 
 impl Config {
@@ -45,6 +51,8 @@ impl Config {
             master_key: None,
             allow_outbound: Vec::new(),
             outbound_timeout: Duration::from_secs(10),
+            database_url: None,
+            database_schema: None,
         }
     }
 }
@@ -79,8 +87,7 @@ pub async fn start(
     let started = Instant::now();
     prepare_data_dir(&config.data_dir)?;
     let key_file = config.data_dir.join("master.key");
-    let store = SqliteStore::open(&config.data_dir.join("latchkey.db"))
-        .with_context(|| format!("cannot open the database in {}", config.data_dir.display()))?;
+    let store = open_store(&config).await?;
     let stored_check = store.meta_get(KEY_CHECK).await?;
     let stored_id = store
         .meta_get(KEY_ID)
@@ -133,7 +140,7 @@ pub async fn start(
             .map_err(anyhow::Error::msg)?;
     let validator = services::validate::Validator::new(policy).map_err(anyhow::Error::msg)?;
     let app = Arc::new(App::new(
-        Arc::new(store) as Arc<dyn Store>,
+        store,
         kek,
         domain::Catalog::builtin()?,
         public_url.clone(),
@@ -178,6 +185,31 @@ pub async fn start(
         ready_in: started.elapsed(),
     };
     Ok((report, serve))
+}
+
+/// The storage `config` names: PostgreSQL for `postgres://` URLs, else the
+/// embedded SQLite file in the data dir.
+async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
+    match config.database_url.as_deref() {
+        None => {
+            let path = config.data_dir.join("latchkey.db");
+            let store = SqliteStore::open(&path).with_context(|| {
+                format!("cannot open the database in {}", config.data_dir.display())
+            })?;
+            Ok(Arc::new(store))
+        }
+        Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+            let store = match config.database_schema.as_deref() {
+                Some(schema) => PostgresStore::connect_in_schema(url, schema).await,
+                None => PostgresStore::connect(url).await,
+            }
+            .context("cannot open the PostgreSQL database")?;
+            Ok(Arc::new(store))
+        }
+        Some(_) => {
+            bail!("--database-url must be a postgres:// URL (leave it out for the embedded SQLite)")
+        }
+    }
 }
 
 fn prepare_data_dir(dir: &Path) -> anyhow::Result<()> {

@@ -146,12 +146,16 @@ impl App {
             .check_draft(p, draft, &BTreeSet::new())
             .await?
             .map_err(AppError::Validation)?;
-        if let Some(id) = self
-            .store
-            .credential_id_by_name(&p.tenant_id, &checked.name)
-            .await?
-        {
-            // Refuse before calling the provider: a clash needs no network round trip.
+        // With validation, refuse a clash before calling the provider; without,
+        // the insert finds it in the same transaction anyway.
+        let clash = if validate {
+            self.store
+                .credential_id_by_name(&p.tenant_id, &checked.name)
+                .await?
+        } else {
+            None
+        };
+        if let Some(id) = clash {
             return Err(AppError::NameTaken {
                 name: checked.name,
                 existing_id: id,
