@@ -7,6 +7,43 @@ use reqwest::{Method, RequestBuilder, Response};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{json, Value};
 
+/// The PostgreSQL URL when the suite runs on PostgreSQL
+/// (`LATCHKEY_TEST_BACKEND=postgres`; URL from `LATCHKEY_TEST_POSTGRES_URL`).
+pub fn postgres_url() -> Option<String> {
+    (std::env::var("LATCHKEY_TEST_BACKEND").as_deref() == Ok("postgres")).then(|| {
+        std::env::var("LATCHKEY_TEST_POSTGRES_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+    })
+}
+
+/// The configuration every test server runs with, over `dir`: the backend
+/// the suite runs on (one PostgreSQL schema per data dir, so a test that
+/// restarts over its dir finds its data again), loopback fake providers
+/// allowed, and short outbound timeouts.
+pub fn test_config(dir: &std::path::Path) -> server::Config {
+    let schema = postgres_url().map(|_| {
+        let name = dir.file_name().unwrap().to_string_lossy().to_lowercase();
+        let safe: String = name
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+            .collect();
+        format!("t_{safe}")
+    });
+    server::Config {
+        database_url: postgres_url(),
+        database_schema: schema,
+        public_url: Some(PUBLIC_URL.into()),
+        allow_outbound: vec!["127.0.0.1".into()],
+        outbound_timeout: std::time::Duration::from_millis(1500),
+        ..server::Config::new("127.0.0.1:0".parse().unwrap(), dir.to_path_buf())
+    }
+}
+
+/// Whether the suite runs on the embedded SQLite (whose files some tests read directly).
+pub fn on_sqlite() -> bool {
+    postgres_url().is_none()
+}
+
 /// The public base URL the test servers build callback URLs from.
 pub const PUBLIC_URL: &str = "https://hooks.example.test";
 
@@ -31,12 +68,8 @@ pub async fn spawn_app_in(
 ) -> Result<TestApp, (anyhow::Error, tempfile::TempDir)> {
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let config = server::Config {
-        public_url: Some(PUBLIC_URL.into()),
         master_key: key.map(|k| SecretString::from(k.to_string())),
-        // The fake providers the tests start listen on loopback.
-        allow_outbound: vec!["127.0.0.1".into()],
-        outbound_timeout: std::time::Duration::from_millis(1500),
-        ..server::Config::new("127.0.0.1:0".parse().unwrap(), dir.path().to_path_buf())
+        ..test_config(dir.path())
     };
     let (report, serving) = match server::start(config, async move {
         let _ = stopped.await;
