@@ -25,6 +25,12 @@ struct Args {
 enum Command {
     /// Run the server (SQLite in the data dir by default).
     Serve(ServeArgs),
+    /// Show or apply the PostgreSQL schema migrations (the embedded SQLite
+    /// applies its migrations at start).
+    Migrate {
+        #[command(subcommand)]
+        action: MigrateAction,
+    },
     #[command(flatten)]
     Client(cli::ClientCommand),
 }
@@ -61,10 +67,30 @@ struct ServeArgs {
     log_format: String,
 }
 
+#[derive(Subcommand)]
+enum MigrateAction {
+    /// Apply the pending migrations, under the lock the servers take too.
+    Apply(MigrateArgs),
+    /// List every migration and whether it is applied; changes nothing.
+    Status(MigrateArgs),
+}
+
+#[derive(clap::Args)]
+struct MigrateArgs {
+    /// The PostgreSQL database (`postgres://user@host/db`). The embedded
+    /// SQLite needs no command: it applies its migrations at start.
+    #[arg(long, env = "LATCHKEY_DATABASE_URL")]
+    database_url: Option<String>,
+    /// The PostgreSQL schema (default: the connection's search_path).
+    #[arg(long, env = "LATCHKEY_DATABASE_SCHEMA")]
+    database_schema: Option<String>,
+}
+
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     match args.command {
         Command::Serve(s) => serve(s),
+        Command::Migrate { action } => migrate(action),
         Command::Client(c) => cli::run(c),
     }
 }
@@ -99,6 +125,45 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         eprintln!("latchkey: stopped");
         Ok(())
     })
+}
+
+fn migrate(action: MigrateAction) -> anyhow::Result<()> {
+    let (args, apply) = match action {
+        MigrateAction::Apply(a) => (a, true),
+        MigrateAction::Status(a) => (a, false),
+    };
+    let Some(url) = args.database_url else {
+        println!("No --database-url (or LATCHKEY_DATABASE_URL): the embedded SQLite applies its migrations at start; nothing to do.");
+        return Ok(());
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let (status, applied) = match runtime.block_on(server::migrate(
+        &url,
+        args.database_schema.as_deref(),
+        apply,
+    )) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("latchkey: {e:#}");
+            std::process::exit(1);
+        }
+    };
+    if apply {
+        if applied.is_empty() {
+            println!("nothing to apply: the schema is up to date");
+        } else {
+            for v in &applied {
+                println!("applied {v:04}");
+            }
+        }
+    }
+    for (version, is_applied) in status {
+        let state = if is_applied { "applied" } else { "pending" };
+        println!("{version:04}  {state}");
+    }
+    Ok(())
 }
 
 fn print_banner(r: &server::StartReport) {

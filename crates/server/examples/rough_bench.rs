@@ -4,6 +4,10 @@
 //! Stripe webhook ingest (store-then-ack) and duplicate deliveries per second.
 //!
 //! `cargo run --release -p server --example rough_bench -- [count] [events]`
+//!
+//! With `LATCHKEY_BENCH_DATABASE_URL=postgres://…` the server runs on that
+//! PostgreSQL, in a fresh schema `bench_<random>` dropped at the end;
+//! otherwise on the embedded SQLite in a temporary data dir.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -37,12 +41,28 @@ async fn main() -> anyhow::Result<()> {
         .unwrap_or(100_000);
     let dir = tempfile::tempdir()?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let (report, serving) = server::start(
-        server::Config::new("127.0.0.1:0".parse()?, dir.path().to_path_buf()),
-        async move {
-            let _ = stopped.await;
-        },
-    )
+    let database_url = std::env::var("LATCHKEY_BENCH_DATABASE_URL")
+        .ok()
+        .filter(|u| !u.is_empty());
+    let schema = database_url.as_ref().map(|_| {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default();
+        format!("bench_{}_{nanos:x}", std::process::id())
+    });
+    match &schema {
+        Some(s) => println!("backend: PostgreSQL, schema {s}"),
+        None => println!("backend: SQLite"),
+    }
+    let config = server::Config {
+        database_url: database_url.clone(),
+        database_schema: schema.clone(),
+        ..server::Config::new("127.0.0.1:0".parse()?, dir.path().to_path_buf())
+    };
+    let (report, serving) = server::start(config, async move {
+        let _ = stopped.await;
+    })
     .await?;
     let serving = tokio::spawn(serving);
     let base = format!("http://{}", report.addr);
@@ -153,6 +173,12 @@ async fn main() -> anyhow::Result<()> {
     ingest(&client, &base, &token, events).await?;
     let _ = stop.send(());
     serving.await??;
+    if let (Some(url), Some(schema)) = (database_url, schema) {
+        let (pg, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await?;
+        tokio::spawn(conn);
+        pg.batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
+            .await?;
+    }
     Ok(())
 }
 

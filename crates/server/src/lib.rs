@@ -220,3 +220,31 @@ fn prepare_data_dir(dir: &Path) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// `latchkey migrate`: every migration this build knows and whether it is
+/// applied, after applying the pending ones (under the store's migration
+/// lock) when `apply` is set. The second list is what this call applied.
+pub async fn migrate(
+    url: &str,
+    schema: Option<&str>,
+    apply: bool,
+) -> anyhow::Result<(Vec<(i32, bool)>, Vec<i32>)> {
+    if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+        bail!("--database-url must be a postgres:// URL (SQLite applies its migrations at start)");
+    }
+    let store = PostgresStore::open_unmigrated(url, schema)
+        .context("cannot open the PostgreSQL database")?;
+    let applied = if apply {
+        store
+            .migrate()
+            .await
+            .context("cannot apply the migrations")?
+    } else {
+        Vec::new()
+    };
+    let status = store
+        .migration_status()
+        .await
+        .context("cannot read the migration status")?;
+    Ok((status, applied))
+}

@@ -94,6 +94,37 @@ pub async fn spawn_app_in(
     })
 }
 
+/// A second server over the same database as `of` (PostgreSQL only): its
+/// own data dir, `of`'s schema and master key, and `of`'s admin token,
+/// which works on it because tokens live in the database.
+pub async fn spawn_replica(of: &TestApp) -> TestApp {
+    let key = std::fs::read_to_string(of.dir.path().join("master.key")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let config = server::Config {
+        master_key: Some(SecretString::from(key.trim().to_string())),
+        database_schema: test_config(of.dir.path()).database_schema,
+        ..test_config(dir.path())
+    };
+    let (report, serving) = server::start(config, async move {
+        let _ = stopped.await;
+    })
+    .await
+    .unwrap();
+    assert!(
+        report.first_admin_token.is_none(),
+        "a replica finds the tenant the first server made"
+    );
+    TestApp {
+        base: format!("http://{}", report.addr),
+        token: of.token.clone(),
+        client: reqwest::Client::new(),
+        dir,
+        stop: Some(stop),
+        serving: Some(tokio::spawn(serving)),
+    }
+}
+
 impl TestApp {
     pub fn db_path(&self) -> PathBuf {
         self.dir.path().join("latchkey.db")

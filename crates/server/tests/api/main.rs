@@ -8,6 +8,7 @@ mod helpers;
 mod identity;
 mod ingress;
 mod openapi;
+mod replicas;
 mod services;
 mod sessions;
 mod validation;
