@@ -60,6 +60,27 @@ pub(crate) fn page<T>(mut items: Vec<T>, limit: usize, id: impl Fn(&T) -> &str) 
 /// How many of the newest rows a search looks at before it asks the index.
 pub(crate) const SEARCH_WINDOW: i64 = 2000;
 
+/// What a scan of the newest rows found, for both backends' searches.
+pub(crate) enum WindowVerdict {
+    /// The window was full and held less than a page: the index must decide.
+    AskTheIndex,
+    /// The window was the whole list and nothing matched.
+    NoMatches,
+    /// Fetch the matched rows: they are the page.
+    Fetch,
+}
+
+/// The decision after a window scan saw `seen` rows and matched `hits`.
+pub(crate) fn window_verdict(hits: usize, seen: i64, limit: usize) -> WindowVerdict {
+    if hits <= limit && seen == SEARCH_WINDOW {
+        WindowVerdict::AskTheIndex
+    } else if hits == 0 {
+        WindowVerdict::NoMatches
+    } else {
+        WindowVerdict::Fetch
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 pub struct PageRequest<'a> {
     pub limit: usize,

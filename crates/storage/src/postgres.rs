@@ -269,6 +269,41 @@ async fn exec(c: &impl GenericClient, sql: &str, params: Params<'_>) -> Result<u
     c.execute(&s, params).await.map_err(pg)
 }
 
+/// The tables whose rows carry a version for optimistic concurrency.
+enum Versioned {
+    Credential,
+    Service,
+}
+
+/// Locks the row for the rest of the transaction and checks its version:
+/// NotFound, or VersionMismatch with the current version.
+async fn lock_version(
+    c: &impl GenericClient,
+    table: Versioned,
+    tenant: &str,
+    id: &str,
+    expected: i64,
+) -> Result<()> {
+    let sql = match table {
+        Versioned::Credential => {
+            "SELECT version FROM credentials WHERE tenant_id = $1 AND id = $2 FOR UPDATE"
+        }
+        Versioned::Service => {
+            "SELECT version FROM services WHERE tenant_id = $1 AND id = $2 FOR UPDATE"
+        }
+    };
+    let current = row(c, sql, &[&tenant, &id]).await?;
+    match current
+        .map(|r| r.try_get::<_, i64>(0))
+        .transpose()
+        .map_err(pg)?
+    {
+        None => Err(StoreError::NotFound),
+        Some(v) if v != expected => Err(StoreError::VersionMismatch { current: v }),
+        Some(_) => Ok(()),
+    }
+}
+
 async fn rows(c: &impl GenericClient, sql: &str, params: Params<'_>) -> Result<Vec<Row>> {
     let s = c.prepare_cached(sql).await.map_err(pg)?;
     c.query(&s, params).await.map_err(pg)
@@ -534,11 +569,10 @@ async fn search_window(
             }
         }
     }
-    if hits.len() <= limit && seen == SEARCH_WINDOW {
-        return Ok(None);
-    }
-    if hits.is_empty() {
-        return Ok(Some(Vec::new()));
+    match crate::window_verdict(hits.len(), seen, limit) {
+        crate::WindowVerdict::AskTheIndex => return Ok(None),
+        crate::WindowVerdict::NoMatches => return Ok(Some(Vec::new())),
+        crate::WindowVerdict::Fetch => {}
     }
     query_credentials(
         c,
@@ -920,23 +954,14 @@ impl Store for PostgresStore {
         let rec = &u.record;
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(pg)?;
-        let current = row(
+        lock_version(
             &tx,
-            "SELECT version FROM credentials WHERE tenant_id = $1 AND id = $2 FOR UPDATE",
-            &[&rec.tenant_id, &rec.id],
+            Versioned::Credential,
+            &rec.tenant_id,
+            &rec.id,
+            u.expected_version,
         )
         .await?;
-        match current
-            .map(|r| r.try_get::<_, i64>(0))
-            .transpose()
-            .map_err(pg)?
-        {
-            None => return Err(StoreError::NotFound),
-            Some(v) if v != u.expected_version => {
-                return Err(StoreError::VersionMismatch { current: v })
-            }
-            Some(_) => {}
-        }
         lock_name(&tx, NameLock::Credential, &rec.tenant_id, &rec.name).await?;
         name_clash(&tx, &rec.tenant_id, &rec.name, &rec.id).await?;
         exec(
@@ -1147,23 +1172,14 @@ impl Store for PostgresStore {
     ) -> Result<()> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(pg)?;
-        let current = row(
+        lock_version(
             &tx,
-            "SELECT version FROM services WHERE tenant_id = $1 AND id = $2 FOR UPDATE",
-            &[&svc.tenant_id, &svc.id],
+            Versioned::Service,
+            &svc.tenant_id,
+            &svc.id,
+            expected_version,
         )
         .await?;
-        match current
-            .map(|r| r.try_get::<_, i64>(0))
-            .transpose()
-            .map_err(pg)?
-        {
-            None => return Err(StoreError::NotFound),
-            Some(v) if v != expected_version => {
-                return Err(StoreError::VersionMismatch { current: v })
-            }
-            Some(_) => {}
-        }
         if !force {
             let users = credentials_using(&tx, &svc.tenant_id, &svc.id).await?;
             if !users.is_empty() {

@@ -1247,11 +1247,10 @@ fn search_window(
             }
         }
     }
-    if hits.len() <= limit && seen == SEARCH_WINDOW {
-        return Ok(None);
-    }
-    if hits.is_empty() {
-        return Ok(Some(Vec::new()));
+    match crate::window_verdict(hits.len(), seen, limit) {
+        crate::WindowVerdict::AskTheIndex => return Ok(None),
+        crate::WindowVerdict::NoMatches => return Ok(Some(Vec::new())),
+        crate::WindowVerdict::Fetch => {}
     }
     let sql = format!(
         "SELECT {CREDENTIAL_COLUMNS} FROM credentials WHERE seq IN ({}) ORDER BY id DESC",
