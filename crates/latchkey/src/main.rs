@@ -31,8 +31,30 @@ enum Command {
         #[command(subcommand)]
         action: MigrateAction,
     },
+    /// Copy a whole installation to another database (e.g. SQLite to
+    /// PostgreSQL). Secrets move sealed: the copy needs no master key, and
+    /// the target opens with the source's key.
+    Copy(CopyArgs),
     #[command(flatten)]
     Client(cli::ClientCommand),
+}
+
+#[derive(clap::Args)]
+struct CopyArgs {
+    /// The installation to copy: `sqlite://DATA_DIR`, `sqlite://FILE.db` or
+    /// `postgres://…`. It may keep serving: the copy reads one snapshot.
+    #[arg(long)]
+    from: String,
+    /// Where to: a new or empty database, same forms as --from. Migrated
+    /// first; written in one transaction, so a failed copy leaves it empty.
+    #[arg(long)]
+    to: String,
+    /// The PostgreSQL schema of --from.
+    #[arg(long)]
+    from_schema: Option<String>,
+    /// The PostgreSQL schema of --to (created if missing).
+    #[arg(long)]
+    to_schema: Option<String>,
 }
 
 #[derive(clap::Args)]
@@ -91,6 +113,7 @@ fn main() -> anyhow::Result<()> {
     match args.command {
         Command::Serve(s) => serve(s),
         Command::Migrate { action } => migrate(action),
+        Command::Copy(c) => copy(c),
         Command::Client(c) => cli::run(c),
     }
 }
@@ -166,6 +189,54 @@ fn migrate(action: MigrateAction) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn copy(args: CopyArgs) -> anyhow::Result<()> {
+    use server::ops::{self, Location};
+    let from = Location::parse(&args.from, args.from_schema.as_deref())?;
+    let to = Location::parse(&args.to, args.to_schema.as_deref())?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let copied = match runtime.block_on(ops::copy(&from, &to)) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("latchkey: {e:#}");
+            std::process::exit(1);
+        }
+    };
+    println!(
+        "copied {} to {}",
+        redact_url(&args.from),
+        redact_url(&args.to)
+    );
+    for (table, rows) in &copied.rows {
+        println!("  {table:<20} {rows:>10} rows");
+    }
+    match copied.key_id {
+        Some(id) => println!(
+            "The secrets are still sealed with master key {id}: start the target with that key \
+             (its master.key file or LATCHKEY_MASTER_KEY)."
+        ),
+        None => {
+            println!("The source had never been started: there is no master key to carry over.")
+        }
+    }
+    Ok(())
+}
+
+/// A database URL without its password, for printing.
+fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            match userinfo.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
 fn print_banner(r: &server::StartReport) {
     use secrecy::ExposeSecret;
     use server::KeySource;
@@ -219,4 +290,19 @@ async fn shutdown_signal() {
         _ = term.recv() => {},
     }
     eprintln!("latchkey: shutting down, finishing requests in flight");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact_url;
+
+    #[test]
+    fn printed_urls_hide_the_password_only() {
+        assert_eq!(
+            redact_url("postgres://app:s3cret@db:5432/x"),
+            "postgres://app:***@db:5432/x"
+        );
+        assert_eq!(redact_url("postgres://app@db/x"), "postgres://app@db/x");
+        assert_eq!(redact_url("sqlite://./data"), "sqlite://./data");
+    }
 }

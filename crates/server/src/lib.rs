@@ -3,6 +3,7 @@
 
 pub mod app;
 pub mod http;
+pub mod ops;
 
 use std::future::IntoFuture;
 use std::net::SocketAddr;

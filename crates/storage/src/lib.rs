@@ -7,6 +7,7 @@
 //! one transaction: there is no change without its audit entry.
 
 mod postgres;
+pub mod snapshot;
 mod sqlite;
 
 use std::collections::BTreeMap;
@@ -397,4 +398,17 @@ pub trait Store: Send + Sync + 'static {
 
     async fn add_counters(&self, deltas: Vec<CounterDelta>) -> Result<()>;
     async fn counters(&self, credential: &str) -> Result<Vec<CounterDelta>>;
+
+    /// Sends every row of every table ([`snapshot::TABLES`]) to `sink`, read
+    /// in one consistent snapshot, then [`snapshot::Chunk::End`]. Stops
+    /// quietly (Ok) if the receiver goes away.
+    async fn export_snapshot(&self, sink: tokio::sync::mpsc::Sender<snapshot::Chunk>)
+        -> Result<()>;
+
+    /// Writes the rows from `source` in one transaction, committed only when
+    /// [`snapshot::Chunk::End`] arrives; refuses a store that holds any row.
+    async fn import_snapshot(
+        &self,
+        source: tokio::sync::mpsc::Receiver<snapshot::Chunk>,
+    ) -> Result<snapshot::CopyReport>;
 }

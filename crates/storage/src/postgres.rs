@@ -24,12 +24,14 @@
 //! (PostgreSQL's contrib); the first migration installs it in `public` unless
 //! it is installed already. Connections are plain TCP or socket (`NoTls`).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Pool, RecyclingMethod};
+use tokio::sync::{mpsc, oneshot, Mutex};
 use tokio_postgres::types::{Json, ToSql};
 use tokio_postgres::{NoTls, Row};
 
@@ -66,9 +68,20 @@ enum NameLock {
     Service = 3,
 }
 
+/// Most events one group commit of ingress takes.
+const EVENT_BATCH: usize = 512;
+/// Group commits of ingress in flight at once: while one commits, the next
+/// batch gathers the deliveries that arrive meanwhile.
+const EVENT_WRITERS: usize = 2;
+
+type EventJob = (EventRecord, oneshot::Sender<Result<bool>>);
+
 pub struct PostgresStore {
     pool: Pool,
     schema: Option<String>,
+    /// The ingress group-commit queue, started on first use (a store can be
+    /// built outside the runtime, e.g. for `migrate status`).
+    events: OnceLock<mpsc::Sender<EventJob>>,
 }
 
 /// A driver error with the server's message (the driver's own `Display`
@@ -175,6 +188,7 @@ impl PostgresStore {
         Ok(PostgresStore {
             pool,
             schema: schema.map(str::to_string),
+            events: OnceLock::new(),
         })
     }
 
@@ -1230,30 +1244,21 @@ impl Store for PostgresStore {
     }
 
     async fn insert_event(&self, e: EventRecord) -> Result<bool> {
-        let client = self.client().await?;
-        // One statement: a transaction of its own, durable once it returns.
-        let n = exec(
-            &client,
-            &format!(
-                "INSERT INTO events ({EVENT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
-                 ON CONFLICT (credential_id, kind, delivery_id) WHERE delivery_id IS NOT NULL DO NOTHING"
-            ),
-            &[
-                &e.id,
-                &e.tenant_id,
-                &e.credential_id,
-                &e.kind,
-                &e.valid_request,
-                &e.app_user_id,
-                &e.user_id,
-                &e.event_type,
-                &e.delivery_id,
-                &e.payload,
-                &ms(e.received_at),
-            ],
-        )
-        .await?;
-        Ok(n == 1)
+        let queue = self.events.get_or_init(|| {
+            let (tx, rx) = mpsc::channel(8192);
+            let rx = Arc::new(Mutex::new(rx));
+            for _ in 0..EVENT_WRITERS {
+                tokio::spawn(event_writer(self.pool.clone(), rx.clone()));
+            }
+            tx
+        });
+        let (done, wait) = oneshot::channel();
+        queue
+            .send((e, done))
+            .await
+            .map_err(|_| StoreError::Backend("the event writer has stopped".into()))?;
+        wait.await
+            .map_err(|_| StoreError::Backend("the event writer dropped an event".into()))?
     }
 
     async fn get_event(&self, tenant: &str, id: &str) -> Result<Option<EventRecord>> {
@@ -1500,6 +1505,232 @@ impl Store for PostgresStore {
             })
         })
     }
+
+    async fn export_snapshot(
+        &self,
+        sink: tokio::sync::mpsc::Sender<snapshot::Chunk>,
+    ) -> Result<()> {
+        use snapshot::{Chunk, BATCH_ROWS, TABLES};
+        let mut client = self.client().await?;
+        // One snapshot for every table, while the replicas keep writing.
+        let tx = client
+            .build_transaction()
+            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()
+            .await
+            .map_err(pg)?;
+        for (index, table) in TABLES.iter().enumerate() {
+            let sql = format!(
+                "SELECT {} FROM {} ORDER BY {}",
+                table.column_list(),
+                table.name,
+                table.order_by
+            );
+            let portal = tx.bind(sql.as_str(), &[]).await.map_err(pg)?;
+            loop {
+                let batch = tx
+                    .query_portal(&portal, BATCH_ROWS as i32)
+                    .await
+                    .map_err(pg)?;
+                if batch.is_empty() {
+                    break;
+                }
+                let rows = batch
+                    .iter()
+                    .map(|r| snapshot_row(table, r))
+                    .collect::<std::result::Result<Vec<_>, _>>()
+                    .map_err(pg)?;
+                if sink.send(Chunk::Rows { table: index, rows }).await.is_err() {
+                    return Ok(());
+                }
+            }
+        }
+        tx.commit().await.map_err(pg)?;
+        let _ = sink.send(Chunk::End).await;
+        Ok(())
+    }
+
+    async fn import_snapshot(
+        &self,
+        mut source: tokio::sync::mpsc::Receiver<snapshot::Chunk>,
+    ) -> Result<snapshot::CopyReport> {
+        use snapshot::{check_row, Chunk, Kind, Value as V, TABLES};
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg)?;
+        for table in TABLES {
+            let sql = format!("SELECT EXISTS (SELECT 1 FROM {})", table.name);
+            let any: bool = tx
+                .query_one(sql.as_str(), &[])
+                .await
+                .and_then(|r| r.try_get(0))
+                .map_err(pg)?;
+            if any {
+                return Err(snapshot::not_empty(table.name));
+            }
+        }
+        let mut report = snapshot::CopyReport::new();
+        loop {
+            let (index, rows) = match source.recv().await {
+                Some(Chunk::Rows { table, rows }) => (table, rows),
+                Some(Chunk::End) => break,
+                // Dropping `tx` rolls every row back.
+                None => return Err(snapshot::cut_short()),
+            };
+            let table = TABLES
+                .get(index)
+                .ok_or_else(|| StoreError::Backend(format!("no table number {index}")))?;
+            // Multi-row inserts, under the protocol's 65,535 parameters.
+            let per_statement = (60_000 / table.columns.len()).max(1);
+            for part in rows.chunks(per_statement) {
+                let mut args = Args::default();
+                let mut tuples = Vec::with_capacity(part.len());
+                for row in part {
+                    check_row(table, row)?;
+                    let mut placeholders = Vec::with_capacity(row.len());
+                    for ((_, kind), value) in table.columns.iter().zip(row) {
+                        placeholders.push(match (kind, value.clone()) {
+                            (Kind::OptText, V::Null) => args.bind(None::<String>),
+                            (Kind::OptTime, V::Null) => args.bind(None::<DateTime<Utc>>),
+                            (_, V::Text(t)) => args.bind(t),
+                            (_, V::Bool(b)) => args.bind(b),
+                            (_, V::Int(n)) => args.bind(n),
+                            (_, V::Time(t)) => args.bind(from_millis(t)?),
+                            (_, V::Bytes(b)) => args.bind(b),
+                            (_, V::Json(j)) => args.bind(j),
+                            (_, V::Null) => unreachable!("check_row refuses a null here"),
+                        });
+                    }
+                    tuples.push(format!("({})", placeholders.join(", ")));
+                }
+                let sql = format!(
+                    "INSERT INTO {} ({}) VALUES {}",
+                    table.name,
+                    table.column_list(),
+                    tuples.join(", ")
+                );
+                tx.execute(sql.as_str(), &args.refs())
+                    .await
+                    .map_err(|e| match pg(e) {
+                        StoreError::Backend(m) => {
+                            StoreError::Backend(format!("{}: {m}", table.name))
+                        }
+                        other => other,
+                    })?;
+            }
+            *report.entry(table.name).or_default() += rows.len() as u64;
+        }
+        tx.commit().await.map_err(pg)?;
+        Ok(report)
+    }
+}
+
+/// Group commit of ingress: takes every event queued (up to
+/// [`EVENT_BATCH`]) and stores them with one multi-row statement, one
+/// transaction and so one WAL flush; each caller hears whether its event was
+/// new only after that commit. If the batch fails (one bad row fails the
+/// statement), each event is retried alone so only the bad one fails.
+async fn event_writer(pool: Pool, queue: Arc<Mutex<mpsc::Receiver<EventJob>>>) {
+    loop {
+        let mut batch = Vec::new();
+        {
+            let mut rx = queue.lock().await;
+            match rx.recv().await {
+                Some(job) => batch.push(job),
+                None => return,
+            }
+            while batch.len() < EVENT_BATCH {
+                match rx.try_recv() {
+                    Ok(job) => batch.push(job),
+                    Err(_) => break,
+                }
+            }
+        }
+        let events: Vec<&EventRecord> = batch.iter().map(|(e, _)| e).collect();
+        match insert_events(&pool, &events).await {
+            Ok(stored) => {
+                for (e, done) in batch {
+                    let _ = done.send(Ok(stored.contains(&e.id)));
+                }
+            }
+            Err(e) if batch.len() == 1 => {
+                let (_, done) = batch.pop().expect("one job");
+                let _ = done.send(Err(e));
+            }
+            Err(_) => {
+                for (e, done) in batch {
+                    let alone = insert_events(&pool, &[&e]).await;
+                    let _ = done.send(alone.map(|stored| stored.contains(&e.id)));
+                }
+            }
+        }
+    }
+}
+
+/// Inserts `events` in one statement (its own transaction, durable once it
+/// returns); a delivery id already stored, or repeated in the batch, is
+/// skipped. Returns the ids of the events stored.
+async fn insert_events(pool: &Pool, events: &[&EventRecord]) -> Result<HashSet<String>> {
+    let client = pool.get().await.map_err(|e| backend(&e))?;
+    let mut args = Args::default();
+    let mut tuples = Vec::with_capacity(events.len());
+    for e in events {
+        let placeholders = [
+            args.bind(e.id.clone()),
+            args.bind(e.tenant_id.clone()),
+            args.bind(e.credential_id.clone()),
+            args.bind(e.kind.clone()),
+            args.bind(e.valid_request),
+            args.bind(e.app_user_id.clone()),
+            args.bind(e.user_id.clone()),
+            args.bind(e.event_type.clone()),
+            args.bind(e.delivery_id.clone()),
+            args.bind(e.payload.clone()),
+            args.bind(ms(e.received_at)),
+        ];
+        tuples.push(format!("({})", placeholders.join(", ")));
+    }
+    let sql = format!(
+        "INSERT INTO events ({EVENT_COLUMNS}) VALUES {}
+         ON CONFLICT (credential_id, kind, delivery_id) WHERE delivery_id IS NOT NULL DO NOTHING
+         RETURNING id",
+        tuples.join(", ")
+    );
+    rows(&client, &sql, &args.refs())
+        .await?
+        .iter()
+        .map(|r| r.try_get::<_, String>(0))
+        .collect::<std::result::Result<_, _>>()
+        .map_err(pg)
+}
+
+fn from_millis(t: i64) -> Result<DateTime<Utc>> {
+    DateTime::from_timestamp_millis(t)
+        .ok_or_else(|| StoreError::Backend(format!("timestamp {t} ms is out of range")))
+}
+
+fn snapshot_row(
+    table: &snapshot::Table,
+    r: &Row,
+) -> std::result::Result<Vec<snapshot::Value>, tokio_postgres::Error> {
+    use snapshot::{Kind, Value as V};
+    let time = |t: DateTime<Utc>| V::Time(t.timestamp_millis());
+    let mut out = Vec::with_capacity(table.columns.len());
+    for (i, (_, kind)) in table.columns.iter().enumerate() {
+        out.push(match kind {
+            Kind::Text => V::Text(r.try_get(i)?),
+            Kind::OptText => r.try_get::<_, Option<String>>(i)?.map_or(V::Null, V::Text),
+            Kind::Bool => V::Bool(r.try_get(i)?),
+            Kind::Int => V::Int(r.try_get(i)?),
+            Kind::Time => time(r.try_get(i)?),
+            Kind::OptTime => r
+                .try_get::<_, Option<DateTime<Utc>>>(i)?
+                .map_or(V::Null, time),
+            Kind::Bytes => V::Bytes(r.try_get(i)?),
+            Kind::Json => V::Json(r.try_get(i)?),
+        });
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

@@ -1101,6 +1101,130 @@ impl Store for SqliteStore {
         })
         .await
     }
+
+    async fn export_snapshot(&self, sink: mpsc::Sender<snapshot::Chunk>) -> Result<()> {
+        self.read(move |conn| {
+            // One read transaction: every table as of the same moment.
+            conn.execute_batch("BEGIN").map_err(backend)?;
+            let result = export_tables(conn, &sink);
+            let _ = conn.execute_batch("COMMIT");
+            result
+        })
+        .await
+    }
+
+    async fn import_snapshot(
+        &self,
+        source: mpsc::Receiver<snapshot::Chunk>,
+    ) -> Result<snapshot::CopyReport> {
+        // One write job: its savepoint is undone unless every row went in.
+        self.write(move |conn| import_tables(conn, source)).await
+    }
+}
+
+fn export_tables(conn: &Connection, sink: &mpsc::Sender<snapshot::Chunk>) -> Result<()> {
+    use snapshot::{send_blocking, Chunk, BATCH_ROWS, TABLES};
+    for (index, table) in TABLES.iter().enumerate() {
+        let sql = format!(
+            "SELECT {} FROM {} ORDER BY {}",
+            table.column_list(),
+            table.name,
+            table.order_by
+        );
+        let mut statement = conn.prepare(&sql).map_err(backend)?;
+        let mut rows = statement.query([]).map_err(backend)?;
+        let mut batch = Vec::with_capacity(BATCH_ROWS);
+        while let Some(row) = rows.next().map_err(backend)? {
+            batch.push(snapshot_row(table, row).map_err(backend)?);
+            if batch.len() == BATCH_ROWS {
+                let rows = std::mem::replace(&mut batch, Vec::with_capacity(BATCH_ROWS));
+                if !send_blocking(sink, Chunk::Rows { table: index, rows }) {
+                    return Ok(());
+                }
+            }
+        }
+        if !batch.is_empty()
+            && !send_blocking(
+                sink,
+                Chunk::Rows {
+                    table: index,
+                    rows: batch,
+                },
+            )
+        {
+            return Ok(());
+        }
+    }
+    send_blocking(sink, Chunk::End);
+    Ok(())
+}
+
+fn snapshot_row(table: &snapshot::Table, r: &Row) -> rusqlite::Result<Vec<snapshot::Value>> {
+    use snapshot::{Kind, Value as V};
+    let mut out = Vec::with_capacity(table.columns.len());
+    for (i, (_, kind)) in table.columns.iter().enumerate() {
+        out.push(match kind {
+            Kind::Text => V::Text(r.get(i)?),
+            Kind::OptText => r.get::<_, Option<String>>(i)?.map_or(V::Null, V::Text),
+            Kind::Bool => V::Bool(r.get(i)?),
+            Kind::Int => V::Int(r.get(i)?),
+            Kind::Time => V::Time(r.get(i)?),
+            Kind::OptTime => r.get::<_, Option<i64>>(i)?.map_or(V::Null, V::Time),
+            Kind::Bytes => V::Bytes(r.get(i)?),
+            Kind::Json => V::Json(parse_json(r.get(i)?)?),
+        });
+    }
+    Ok(out)
+}
+
+fn import_tables(
+    conn: &Connection,
+    mut source: mpsc::Receiver<snapshot::Chunk>,
+) -> Result<snapshot::CopyReport> {
+    use snapshot::{check_row, Chunk, Value as V, TABLES};
+    for table in TABLES {
+        let sql = format!("SELECT EXISTS (SELECT 1 FROM {})", table.name);
+        let any: bool = conn.query_row(&sql, [], |r| r.get(0)).map_err(backend)?;
+        if any {
+            return Err(snapshot::not_empty(table.name));
+        }
+    }
+    let mut report = snapshot::CopyReport::new();
+    loop {
+        let (index, rows) = match source.blocking_recv() {
+            Some(Chunk::Rows { table, rows }) => (table, rows),
+            Some(Chunk::End) => return Ok(report),
+            None => return Err(snapshot::cut_short()),
+        };
+        let table = TABLES
+            .get(index)
+            .ok_or_else(|| backend(format!("no table number {index}")))?;
+        let placeholders = (1..=table.columns.len())
+            .map(|i| format!("?{i}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let sql = format!(
+            "INSERT INTO {} ({}) VALUES ({placeholders})",
+            table.name,
+            table.column_list()
+        );
+        let mut statement = conn.prepare_cached(&sql).map_err(backend)?;
+        for row in &rows {
+            check_row(table, row)?;
+            let values = row.iter().map(|v| match v {
+                V::Null => Value::Null,
+                V::Text(s) => Value::Text(s.clone()),
+                V::Bool(b) => Value::Integer(i64::from(*b)),
+                V::Int(n) | V::Time(n) => Value::Integer(*n),
+                V::Bytes(b) => Value::Blob(b.clone()),
+                V::Json(j) => Value::Text(j.to_string()),
+            });
+            statement
+                .execute(rusqlite::params_from_iter(values))
+                .map_err(|e| backend(format!("{}: {e}", table.name)))?;
+        }
+        *report.entry(table.name).or_default() += rows.len() as u64;
+    }
 }
 
 const SERVICE_COLUMNS: &str = "id, tenant_id, name, role, description, integrations, spec, version,

@@ -1515,3 +1515,270 @@ async fn postgres_replicas_migrate_once() {
         std::panic::resume_unwind(e.into_panic());
     }
 }
+
+#[tokio::test]
+async fn concurrent_deliveries_are_stored_once_each() {
+    each_backend(|s| async move {
+        two_tenants(&s).await;
+        // 120 deliveries, each sent three times at once, arrive together: the
+        // group commit stores each once and tells exactly one sender "new".
+        let mut tasks = JoinSet::new();
+        for copy in 0..3 {
+            for d in 0..120 {
+                let s = s.clone();
+                tasks.spawn(async move {
+                    let id = format!("evt_{d:03}_{copy}");
+                    let delivery = format!("d{d}");
+                    let e = event("ten_a", &id, "cred_1", "webhook", Some(&delivery));
+                    (d, s.insert_event(e).await.unwrap())
+                });
+            }
+        }
+        // An event that PostgreSQL refuses (NUL in jsonb) in the same burst
+        // must not take the others down with it.
+        let bad = {
+            let s = s.clone();
+            let mut e = event("ten_a", "evt_bad", "cred_1", "webhook", Some("bad"));
+            e.payload = json!({ "text": "nul \u{0} inside" });
+            tokio::spawn(async move { s.insert_event(e).await })
+        };
+        let mut new_per_delivery = BTreeMap::new();
+        while let Some(r) = tasks.join_next().await {
+            let (d, stored) = r.unwrap();
+            *new_per_delivery.entry(d).or_insert(0) += usize::from(stored);
+        }
+        let _ = bad.await.unwrap();
+        assert_eq!(new_per_delivery.len(), 120);
+        assert!(
+            new_per_delivery.values().all(|n| *n == 1),
+            "{new_per_delivery:?}"
+        );
+        let f = EventFilter {
+            credential_id: Some("cred_1".into()),
+            ..Default::default()
+        };
+        let stored = s.list_events("ten_a", &f, first(1000)).await.unwrap().items;
+        let good: Vec<_> = stored.iter().filter(|e| e.id != "evt_bad").collect();
+        assert_eq!(good.len(), 120);
+    })
+    .await;
+}
+
+/// Every row of a store, as a copy sees it.
+async fn snapshot_rows(s: &dyn Store) -> Vec<(usize, Vec<snapshot::Value>)> {
+    let (sink, mut source) = tokio::sync::mpsc::channel(4);
+    let reading = s.export_snapshot(sink);
+    let collecting = async {
+        let mut all = Vec::new();
+        let mut ended = false;
+        while let Some(chunk) = source.recv().await {
+            match chunk {
+                snapshot::Chunk::Rows { table, rows } => {
+                    all.extend(rows.into_iter().map(|r| (table, r)))
+                }
+                snapshot::Chunk::End => ended = true,
+            }
+        }
+        assert!(ended, "the snapshot must end with End");
+        all
+    };
+    let (read, all) = tokio::join!(reading, collecting);
+    read.unwrap();
+    all
+}
+
+/// A bit of everything, through the contract's own writes.
+async fn fill(s: &Arc<dyn Store>) {
+    two_tenants(s).await;
+    s.meta_put_if_absent("kek_id", b"kek_1".to_vec())
+        .await
+        .unwrap();
+    let mut c = credential("ten_a", "cred_1", "Stripe billing", "stripe");
+    c.checked_at = Some(t(9));
+    c.status_message = Some("ok".into());
+    s.insert_credential(
+        c,
+        vec![
+            secret("api_key", &[9, 0, 255, 7]),
+            secret("webhook_secret", b"sealed"),
+        ],
+        audit("ten_a", "credential.create"),
+    )
+    .await
+    .unwrap();
+    for n in 0..(snapshot::BATCH_ROWS + 20) {
+        s.insert_credential(
+            credential(
+                "ten_b",
+                &format!("cred_b{n:04}"),
+                &format!("Beta {n}"),
+                "github",
+            ),
+            vec![secret("api_key", &[n as u8])],
+            audit("ten_b", "credential.create"),
+        )
+        .await
+        .unwrap();
+    }
+    s.create_service(
+        service("ten_a", "svc_1", "Hooks"),
+        audit("ten_a", "service.create"),
+    )
+    .await
+    .unwrap();
+    assert!(s
+        .insert_event(event("ten_a", "evt_1", "cred_1", "webhook", Some("d1")))
+        .await
+        .unwrap());
+    assert!(s
+        .insert_event(event("ten_a", "evt_2", "cred_1", "action", None))
+        .await
+        .unwrap());
+    let mapping = UserMapping {
+        app_user_id: "U1".into(),
+        user_id: "user_1".into(),
+        created_at: t(6),
+    };
+    s.put_user_mapping("ten_a", "cred_1", mapping, audit("ten_a", "mapping.put"))
+        .await
+        .unwrap();
+    s.add_counters(vec![CounterDelta {
+        credential_id: "cred_1".into(),
+        kind: "webhook".into(),
+        outcome: "accepted".into(),
+        count: 2,
+    }])
+    .await
+    .unwrap();
+    s.create_session(SessionRecord {
+        id_hash: hash(7),
+        token_id: "tok_a1".into(),
+        csrf: "csrf".into(),
+        created_at: t(7),
+        expires_at: t(7200),
+    })
+    .await
+    .unwrap();
+    s.revoke_token("ten_b", "tok_b1", t(8), audit("ten_b", "token.revoke"))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn copy_moves_every_row_between_backends_and_refuses_a_used_target() {
+    let Some(schema) = postgres_or_skip().await else {
+        return;
+    };
+    let name = schema.name.clone();
+    let outcome = tokio::spawn(async move {
+        let dir = tempfile::tempdir().unwrap();
+        let from: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir.path().join("a.db")).unwrap());
+        fill(&from).await;
+        let original = snapshot_rows(&*from).await;
+        let tables: std::collections::BTreeSet<_> = original.iter().map(|(t, _)| *t).collect();
+        assert_eq!(
+            tables.len(),
+            snapshot::TABLES.len(),
+            "fill writes every table"
+        );
+
+        // SQLite to PostgreSQL, then back to a new SQLite file: the same rows.
+        let pg: Arc<dyn Store> = Arc::new(
+            PostgresStore::connect_in_schema(&postgres_url(), &name)
+                .await
+                .unwrap(),
+        );
+        let report = snapshot::copy(&*from, &*pg).await.unwrap();
+        assert_eq!(report["credentials"], snapshot::BATCH_ROWS as u64 + 21);
+        assert_eq!(
+            report["credential_secrets"],
+            snapshot::BATCH_ROWS as u64 + 22
+        );
+        assert_eq!(report.values().sum::<u64>(), original.len() as u64);
+        assert_eq!(snapshot_rows(&*pg).await, original);
+        let back: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir.path().join("b.db")).unwrap());
+        snapshot::copy(&*pg, &*back).await.unwrap();
+        assert_eq!(snapshot_rows(&*back).await, original);
+
+        // The copies work as stores: lookups, search, sessions, dedup.
+        for s in [&pg, &back] {
+            let (c, sealed) = s.get_sealed("ten_a", "cred_1").await.unwrap().unwrap();
+            assert_eq!(c.name, "Stripe billing");
+            assert_eq!(
+                secrets(&sealed)[0],
+                ("api_key".to_string(), vec![9, 0, 255, 7])
+            );
+            let f = CredentialFilter {
+                q: Some("beta 51".into()),
+                ..Default::default()
+            };
+            let hits = s.list_credentials("ten_b", &f, first(50)).await.unwrap();
+            assert_eq!(hits.items.len(), 11, "Beta 51 and 510..519");
+            assert!(s.find_session(hash(7), t(8)).await.unwrap().is_some());
+            assert!(
+                s.find_token(hash(2)).await.unwrap().is_none(),
+                "revoked stays revoked"
+            );
+            assert!(!s
+                .insert_event(event("ten_a", "evt_9", "cred_1", "webhook", Some("d1")))
+                .await
+                .unwrap());
+            // New rows number after the copied ones.
+            s.insert_credential(
+                credential("ten_a", "cred_new", "Newest", "stripe"),
+                vec![],
+                audit("ten_a", "credential.create"),
+            )
+            .await
+            .unwrap();
+            let all = CredentialFilter::default();
+            let page = s.list_credentials("ten_a", &all, first(50)).await.unwrap();
+            assert_eq!(page.items.len(), 2);
+        }
+
+        // A target with any row is refused, and keeps what it had.
+        let before = snapshot_rows(&*back).await;
+        let e = snapshot::copy(&*from, &*back).await.unwrap_err();
+        assert!(e.to_string().contains("not empty"), "{e}");
+        assert_eq!(snapshot_rows(&*back).await, before);
+
+        // Rows that stop before the end leave the target empty.
+        for target in [
+            Arc::new(SqliteStore::open(&dir.path().join("c.db")).unwrap()) as Arc<dyn Store>,
+            Arc::new(
+                PostgresStore::connect_in_schema(&postgres_url(), &format!("{name}_c"))
+                    .await
+                    .unwrap(),
+            ),
+        ] {
+            let (sink, source) = tokio::sync::mpsc::channel(4);
+            let rows = original.iter().filter(|(t, _)| *t <= 3).cloned();
+            let mut by_table: BTreeMap<usize, Vec<_>> = BTreeMap::new();
+            for (t, r) in rows {
+                by_table.entry(t).or_default().push(r);
+            }
+            let feeding = async move {
+                for (table, rows) in by_table {
+                    sink.send(snapshot::Chunk::Rows { table, rows })
+                        .await
+                        .unwrap();
+                }
+                // No End: the source "died".
+            };
+            let (_, result) = tokio::join!(feeding, target.import_snapshot(source));
+            let e = result.unwrap_err();
+            assert!(e.to_string().contains("stopped before the end"), "{e}");
+            assert!(snapshot_rows(&*target).await.is_empty());
+        }
+    })
+    .await;
+    schema
+        .admin
+        .batch_execute(&format!("DROP SCHEMA IF EXISTS {}_c CASCADE", schema.name))
+        .await
+        .unwrap();
+    schema.drop_schema().await;
+    if let Err(e) = outcome {
+        std::panic::resume_unwind(e.into_panic());
+    }
+}

@@ -1,0 +1,218 @@
+//! Real `latchkey serve` processes for the tests that must kill, restart or
+//! copy a server: started on port 0, found by their banner, logging to a
+//! file (a pipe nobody reads would stall a busy server).
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use hmac::{Hmac, Mac};
+use serde_json::{json, Value};
+
+pub struct Server {
+    child: Child,
+    /// `http://127.0.0.1:PORT`
+    pub base: String,
+    /// The admin token the first start printed, if this start printed one.
+    pub token: Option<String>,
+    pub log: PathBuf,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Server {
+    /// Ends the process with SIGKILL: no drain, no flush, no goodbye.
+    pub fn kill(&mut self) {
+        self.child.kill().expect("SIGKILL the server");
+        self.child.wait().expect("reap the server");
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+/// Starts `latchkey serve` on the data dir with `extra` arguments and waits
+/// for its banner. Its log goes to `<data_dir>.log`, appended across starts.
+pub fn start(data_dir: &Path, extra: &[&str]) -> Server {
+    let log = data_dir.with_extension("log");
+    let log_file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log)
+        .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_latchkey"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(data_dir)
+        .args(extra)
+        .env_remove("LATCHKEY_MASTER_KEY")
+        .env_remove("LATCHKEY_DATABASE_URL")
+        .env_remove("LATCHKEY_DATABASE_SCHEMA")
+        .stdout(Stdio::piped())
+        .stderr(log_file)
+        .spawn()
+        .unwrap();
+    let mut base = None;
+    let mut token = None;
+    let mut seen = Vec::new();
+    for line in BufReader::new(child.stdout.take().unwrap()).lines() {
+        let line = line.unwrap();
+        if let Some(t) = line.trim().strip_prefix("LATCHKEY_TOKEN=") {
+            token = Some(t.to_string());
+        }
+        if let Some(api) = line.trim().strip_prefix("API") {
+            let url = api.split_whitespace().next().unwrap_or("");
+            base = url.strip_suffix("/v1").map(str::to_string);
+        }
+        let done = line.contains("ready in");
+        seen.push(line);
+        if done {
+            break;
+        }
+    }
+    let base = base.unwrap_or_else(|| {
+        panic!(
+            "no banner: {seen:?}\nlog: {}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        )
+    });
+    Server {
+        child,
+        base,
+        token,
+        log,
+    }
+}
+
+pub fn postgres_url() -> String {
+    std::env::var("LATCHKEY_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+}
+
+/// A fresh PostgreSQL schema, dropped by [`PgSchema::drop_schema`].
+pub struct PgSchema {
+    pub name: String,
+    admin: tokio_postgres::Client,
+}
+
+impl PgSchema {
+    pub async fn drop_schema(self) {
+        self.admin
+            .batch_execute(&format!("DROP SCHEMA IF EXISTS {} CASCADE", self.name))
+            .await
+            .expect("drop the test schema");
+    }
+}
+
+/// A schema on the local PostgreSQL; `None` (with a note) when no server
+/// answers, which fails the test instead under CI.
+pub async fn pg_schema() -> Option<PgSchema> {
+    match tokio_postgres::connect(&postgres_url(), tokio_postgres::NoTls).await {
+        Ok((admin, conn)) => {
+            tokio::spawn(conn);
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos();
+            let name = format!("p_{}_{}", std::process::id(), nanos % 1_000_000_000);
+            Some(PgSchema { name, admin })
+        }
+        Err(e) if std::env::var_os("CI").is_some_and(|v| !v.is_empty()) => {
+            panic!("PostgreSQL is required under CI and does not answer: {e}")
+        }
+        Err(e) => {
+            eprintln!("skipping: no PostgreSQL at {}: {e}", postgres_url());
+            None
+        }
+    }
+}
+
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap()
+}
+
+pub const STRIPE_WEBHOOK_SECRET: &str = "whsec_test_secret_0123456789abcdef";
+
+/// A Stripe credential body whose webhook secret is [`STRIPE_WEBHOOK_SECRET`].
+pub fn stripe(name: &str) -> Value {
+    json!({
+        "name": name,
+        "integration": "stripe",
+        "api_key": "sk_test_4eC39HqLyjWDarjtT1zdp7dc",
+        "config_params": [{ "key": "webhook_secret", "value": STRIPE_WEBHOOK_SECRET }],
+        "validate": false,
+    })
+}
+
+/// A Stripe event body and its `Stripe-Signature` header, signed now.
+pub fn stripe_delivery(event_id: &str) -> (String, String) {
+    let body =
+        json!({ "id": event_id, "type": "invoice.paid", "data": { "object": { "amount": 1250 } } })
+            .to_string();
+    let ts = chrono::Utc::now().timestamp();
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(STRIPE_WEBHOOK_SECRET.as_bytes()).unwrap();
+    mac.update(format!("{ts}.{body}").as_bytes());
+    let sig = hex::encode(mac.finalize().into_bytes());
+    (body, format!("t={ts},v1={sig}"))
+}
+
+/// Creates a credential; its id on 201, else `None`.
+pub async fn create(
+    client: &reqwest::Client,
+    base: &str,
+    token: &str,
+    body: &Value,
+) -> Option<String> {
+    let res = client
+        .post(format!("{base}/v1/credentials"))
+        .bearer_auth(token)
+        .json(body)
+        .send()
+        .await
+        .ok()?;
+    if res.status().as_u16() != 201 {
+        return None;
+    }
+    let v: Value = res.json().await.ok()?;
+    v["id"].as_str().map(str::to_string)
+}
+
+/// Delivers a signed Stripe event; the stored event's id on a 2xx that says
+/// `stored`, else `None`.
+pub async fn deliver(
+    client: &reqwest::Client,
+    base: &str,
+    credential: &str,
+    event_id: &str,
+) -> Option<String> {
+    let (body, signature) = stripe_delivery(event_id);
+    let res = client
+        .post(format!("{base}/hooks/{credential}"))
+        .header("content-type", "application/json")
+        .header("stripe-signature", signature)
+        .body(body)
+        .send()
+        .await
+        .ok()?;
+    if !res.status().is_success() {
+        return None;
+    }
+    let v: Value = res.json().await.ok()?;
+    (v["status"] == "stored").then(|| v["event_id"].as_str().map(str::to_string))?
+}
+
+pub async fn get_json(client: &reqwest::Client, url: &str, token: &str) -> (u16, Value) {
+    let res = client.get(url).bearer_auth(token).send().await.unwrap();
+    let status = res.status().as_u16();
+    (status, res.json().await.unwrap_or(Value::Null))
+}
