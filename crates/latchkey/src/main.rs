@@ -35,6 +35,12 @@ enum Command {
     /// PostgreSQL). Secrets move sealed: the copy needs no master key, and
     /// the target opens with the source's key.
     Copy(CopyArgs),
+    /// Write a consistent online snapshot of an installation to a new file
+    /// (a one-file SQLite database, mode 0600). The server may keep serving.
+    /// The file holds secrets sealed, not the master key: back that up apart.
+    Backup(BackupArgs),
+    /// Bring a backup file back into a new, empty data dir or database.
+    Restore(RestoreArgs),
     #[command(flatten)]
     Client(cli::ClientCommand),
 }
@@ -108,12 +114,40 @@ struct MigrateArgs {
     database_schema: Option<String>,
 }
 
+#[derive(clap::Args)]
+struct BackupArgs {
+    /// The installation: `sqlite://DATA_DIR` or `postgres://…`.
+    #[arg(long, default_value = "sqlite://./latchkey-data")]
+    from: String,
+    /// The PostgreSQL schema of --from.
+    #[arg(long)]
+    from_schema: Option<String>,
+    /// The backup file to write; never overwritten.
+    #[arg(long)]
+    to: PathBuf,
+}
+
+#[derive(clap::Args)]
+struct RestoreArgs {
+    /// The backup file.
+    #[arg(long)]
+    from: PathBuf,
+    /// Where to: `sqlite://DATA_DIR` or `postgres://…`, new or empty.
+    #[arg(long)]
+    to: String,
+    /// The PostgreSQL schema of --to (created if missing).
+    #[arg(long)]
+    to_schema: Option<String>,
+}
+
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     match args.command {
         Command::Serve(s) => serve(s),
         Command::Migrate { action } => migrate(action),
         Command::Copy(c) => copy(c),
+        Command::Backup(b) => backup(b),
+        Command::Restore(r) => restore(r),
         Command::Client(c) => cli::run(c),
     }
 }
@@ -193,25 +227,60 @@ fn copy(args: CopyArgs) -> anyhow::Result<()> {
     use server::ops::{self, Location};
     let from = Location::parse(&args.from, args.from_schema.as_deref())?;
     let to = Location::parse(&args.to, args.to_schema.as_deref())?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
-    let copied = match runtime.block_on(ops::copy(&from, &to)) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("latchkey: {e:#}");
-            std::process::exit(1);
-        }
-    };
+    let copied = run_op(ops::copy(&from, &to))?;
     println!(
         "copied {} to {}",
         redact_url(&args.from),
         redact_url(&args.to)
     );
+    report_rows(&copied);
+    Ok(())
+}
+
+fn backup(args: BackupArgs) -> anyhow::Result<()> {
+    let from = server::ops::Location::parse(&args.from, args.from_schema.as_deref())?;
+    let copied = run_op(server::ops::backup(&from, &args.to))?;
+    println!(
+        "backed up {} to {}",
+        redact_url(&args.from),
+        args.to.display()
+    );
+    report_rows(&copied);
+    Ok(())
+}
+
+fn restore(args: RestoreArgs) -> anyhow::Result<()> {
+    let to = server::ops::Location::parse(&args.to, args.to_schema.as_deref())?;
+    let copied = run_op(server::ops::restore(&args.from, &to))?;
+    println!(
+        "restored {} to {}",
+        args.from.display(),
+        redact_url(&args.to)
+    );
+    report_rows(&copied);
+    Ok(())
+}
+
+/// Runs an operator command to its end; a failure is printed with its
+/// causes and exits 1.
+fn run_op<T>(op: impl std::future::Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    match runtime.block_on(op) {
+        Ok(t) => Ok(t),
+        Err(e) => {
+            eprintln!("latchkey: {e:#}");
+            std::process::exit(1);
+        }
+    }
+}
+
+fn report_rows(copied: &server::ops::Copied) {
     for (table, rows) in &copied.rows {
         println!("  {table:<20} {rows:>10} rows");
     }
-    match copied.key_id {
+    match &copied.key_id {
         Some(id) => println!(
             "The secrets are still sealed with master key {id}: start the target with that key \
              (its master.key file or LATCHKEY_MASTER_KEY)."
@@ -220,7 +289,6 @@ fn copy(args: CopyArgs) -> anyhow::Result<()> {
             println!("The source had never been started: there is no master key to carry over.")
         }
     }
-    Ok(())
 }
 
 /// A database URL without its password, for printing.

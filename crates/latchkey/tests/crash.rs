@@ -11,7 +11,6 @@ mod support;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
 use support::*;
 
 const ROUNDS: usize = 4;
@@ -33,25 +32,6 @@ impl Rng {
         self.0 ^= self.0 >> 7;
         self.0 ^= self.0 << 17;
         self.0
-    }
-}
-
-async fn all_pages(http: &reqwest::Client, base: &str, path: &str, token: &str) -> Vec<Value> {
-    let mut items = Vec::new();
-    let mut cursor: Option<String> = None;
-    loop {
-        let sep = if path.contains('?') { '&' } else { '?' };
-        let url = match &cursor {
-            Some(c) => format!("{base}{path}{sep}limit=200&cursor={c}"),
-            None => format!("{base}{path}{sep}limit=200"),
-        };
-        let (status, page) = get_json(http, &url, token).await;
-        assert_eq!(status, 200, "{page}");
-        items.extend(page["items"].as_array().unwrap().iter().cloned());
-        match page["next_cursor"].as_str() {
-            Some(c) => cursor = Some(c.to_string()),
-            None => return items,
-        }
     }
 }
 

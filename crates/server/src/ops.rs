@@ -103,3 +103,80 @@ pub async fn copy(from: &Location, to: &Location) -> anyhow::Result<Copied> {
         .map(|v| String::from_utf8_lossy(&v).into_owned());
     Ok(Copied { rows, key_id })
 }
+
+/// Writes a consistent online snapshot of `from` to `file`, a new SQLite
+/// database of one file (mode 0600) that `latchkey serve --data-dir` or
+/// `latchkey restore` can use. It holds the data sealed, not the master key:
+/// keep the key's own backup apart. The file appears only once complete.
+pub async fn backup(from: &Location, file: &Path) -> anyhow::Result<Copied> {
+    if file.exists() {
+        bail!(
+            "{} exists already: a backup never overwrites a file",
+            file.display()
+        );
+    }
+    let source = from.open(true).await.context("the source")?;
+    let dir = match file.parent().filter(|d| !d.as_os_str().is_empty()) {
+        Some(d) => d.to_path_buf(),
+        None => PathBuf::from("."),
+    };
+    let name = file
+        .file_name()
+        .context("the backup file needs a name")?
+        .to_string_lossy();
+    let partial = dir.join(format!(".{name}.partial-{}", std::process::id()));
+    let result = write_backup(&*source, &partial, file).await;
+    if result.is_err() {
+        for suffix in ["", "-wal", "-shm", "-journal"] {
+            let mut p = partial.clone().into_os_string();
+            p.push(suffix);
+            let _ = std::fs::remove_file(PathBuf::from(p));
+        }
+    }
+    result
+}
+
+async fn write_backup(source: &dyn Store, partial: &Path, file: &Path) -> anyhow::Result<Copied> {
+    create_private_file(partial)?;
+    let target = SqliteStore::open(partial)
+        .with_context(|| format!("cannot create {}", partial.display()))?;
+    let rows = storage::snapshot::copy(source, &target)
+        .await
+        .context("the backup failed")?;
+    let key_id = target
+        .meta_get(crate::KEY_ID)
+        .await?
+        .map(|v| String::from_utf8_lossy(&v).into_owned());
+    tokio::task::spawn_blocking(move || target.close())
+        .await?
+        .context("cannot close the backup file")?;
+    std::fs::File::open(partial)?.sync_all()?;
+    std::fs::rename(partial, file)
+        .with_context(|| format!("cannot move the backup to {}", file.display()))?;
+    if let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(Copied { rows, key_id })
+}
+
+/// Creates an empty file only its owner can read, so the database SQLite
+/// then writes into it is never readable by others, not even briefly.
+fn create_private_file(path: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    Ok(())
+}
+
+/// Brings a backup file back into `to`, which must be new or empty (a data
+/// dir, a `.db` file or PostgreSQL), in one transaction.
+pub async fn restore(file: &Path, to: &Location) -> anyhow::Result<Copied> {
+    if !file.is_file() {
+        bail!("there is no backup file at {}", file.display());
+    }
+    copy(&Location::Sqlite(file.to_path_buf()), to).await
+}

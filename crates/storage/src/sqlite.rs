@@ -30,6 +30,7 @@ pub struct SqliteStore {
     writer: mpsc::Sender<Job>,
     readers: Arc<Mutex<Vec<Connection>>>,
     read_permits: Arc<Semaphore>,
+    writer_thread: std::thread::JoinHandle<()>,
 }
 
 fn backend(e: impl std::fmt::Display) -> StoreError {
@@ -79,7 +80,7 @@ impl SqliteStore {
             readers.push(open(path, true).map_err(backend)?);
         }
         let (tx, rx) = mpsc::channel::<Job>(8192);
-        std::thread::Builder::new()
+        let writer_thread = std::thread::Builder::new()
             .name("sqlite-writer".into())
             .spawn(move || writer_loop(conn, rx))
             .map_err(backend)?;
@@ -87,7 +88,32 @@ impl SqliteStore {
             writer: tx,
             readers: Arc::new(Mutex::new(readers)),
             read_permits: Arc::new(Semaphore::new(READERS)),
+            writer_thread,
         })
+    }
+
+    /// Closes every connection once the queued writes are done. The last
+    /// connection to close checkpoints the WAL into the database file and
+    /// removes it, so the file then stands alone (a backup is one file).
+    /// Blocks; call it where blocking is fine.
+    pub fn close(self) -> Result<()> {
+        let SqliteStore {
+            writer,
+            readers,
+            read_permits,
+            writer_thread,
+        } = self;
+        drop((writer, read_permits));
+        let readers = Arc::try_unwrap(readers)
+            .map_err(|_| backend("a read is still running"))?
+            .into_inner()
+            .map_err(backend)?;
+        for conn in readers {
+            conn.close().map_err(|(_, e)| backend(e))?;
+        }
+        writer_thread
+            .join()
+            .map_err(|_| backend("the writer thread panicked"))
     }
 
     /// Runs `f` inside the next group commit; answers once that commit is durable.
@@ -145,6 +171,13 @@ impl SqliteStore {
 }
 
 fn writer_loop(conn: Connection, mut rx: mpsc::Receiver<Job>) {
+    writer_jobs(&conn, &mut rx);
+    if let Err((_, e)) = conn.close() {
+        tracing::error!(error = %e, "closing the database failed");
+    }
+}
+
+fn writer_jobs(conn: &Connection, rx: &mut mpsc::Receiver<Job>) {
     while let Some(first) = rx.blocking_recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -162,7 +195,7 @@ fn writer_loop(conn: Connection, mut rx: mpsc::Receiver<Job>) {
         let mut finishes = Vec::with_capacity(batch.len());
         for job in batch {
             let sp = conn.execute_batch("SAVEPOINT job");
-            let (ok, finish) = job(&conn);
+            let (ok, finish) = job(conn);
             let end = if ok && sp.is_ok() {
                 "RELEASE job"
             } else {

@@ -216,3 +216,23 @@ pub async fn get_json(client: &reqwest::Client, url: &str, token: &str) -> (u16,
     let status = res.status().as_u16();
     (status, res.json().await.unwrap_or(Value::Null))
 }
+
+/// Every item of a paged list, following its cursors.
+pub async fn all_pages(http: &reqwest::Client, base: &str, path: &str, token: &str) -> Vec<Value> {
+    let mut items = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let sep = if path.contains('?') { '&' } else { '?' };
+        let url = match &cursor {
+            Some(c) => format!("{base}{path}{sep}limit=200&cursor={c}"),
+            None => format!("{base}{path}{sep}limit=200"),
+        };
+        let (status, page) = get_json(http, &url, token).await;
+        assert_eq!(status, 200, "{page}");
+        items.extend(page["items"].as_array().unwrap().iter().cloned());
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_string()),
+            None => return items,
+        }
+    }
+}
