@@ -20,6 +20,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, IsTerminal, StdinLock, Write};
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -116,6 +117,28 @@ pub enum CredentialsCommand {
         /// Do not ask for confirmation (required when stdin is not a terminal).
         #[arg(long, short)]
         yes: bool,
+    },
+    /// Write credentials to a file sealed with a passphrase (read from the
+    /// first stdin line, or asked for twice on a terminal). All of the
+    /// tenant's unless --id names some.
+    Export {
+        /// A credential to export; repeat for several.
+        #[arg(long = "id", value_name = "ID")]
+        ids: Vec<String>,
+        /// The file to write (never overwritten).
+        #[arg(long, short)]
+        out: PathBuf,
+    },
+    /// Import the credentials of an export file into this tenant, all or
+    /// none. The passphrase is read like the export's.
+    Import {
+        /// The export file (.lkx).
+        file: PathBuf,
+        /// When a name is already used: ask (refuse and list them),
+        /// override (replace them, keeping their ids), or create-new
+        /// (import under new names).
+        #[arg(long, value_parser = ["ask", "override", "create-new"], default_value = "ask")]
+        on_conflict: String,
     },
 }
 
@@ -282,6 +305,10 @@ fn execute(c: ClientCommand) -> Result<()> {
                 CredentialsCommand::Get { id } => get_credential(&ctx, &id),
                 CredentialsCommand::Update(a) => update_credential(&ctx, a),
                 CredentialsCommand::Delete { id, yes } => delete_credential(&ctx, &id, yes),
+                CredentialsCommand::Export { ids, out } => export_credentials(&ctx, &ids, &out),
+                CredentialsCommand::Import { file, on_conflict } => {
+                    import_credentials(&ctx, &file, &on_conflict)
+                }
             }
         }
         ClientCommand::Integrations { conn, command } => {
@@ -326,6 +353,12 @@ fn report(e: &anyhow::Error) {
     if let Some(v) = p.current_version {
         eprintln!("  current version: {v}");
     }
+    for c in &p.credentials {
+        eprintln!("  {} ({})", c.name, c.id);
+    }
+    if p.code == "name_conflict" {
+        eprintln!("hint: --on-conflict override replaces them; --on-conflict create-new imports under new names");
+    }
     if p.status == 401 {
         eprintln!("hint: check the token in {TOKEN_ENV}");
     }
@@ -345,6 +378,15 @@ struct ApiProblem {
     errors: Vec<FieldProblem>,
     existing_id: Option<String>,
     current_version: Option<i64>,
+    /// Credentials the problem names (in use, or names already used).
+    #[serde(default)]
+    credentials: Vec<NamedCredential>,
+}
+
+#[derive(Debug, Deserialize)]
+struct NamedCredential {
+    id: String,
+    name: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -983,6 +1025,86 @@ fn create_credential(ctx: &Ctx, a: CreateArgs) -> Result<()> {
         .json(&body);
     let created = json_body(ctx.api.send(req)?)?;
     ctx.show(created, print_credential)
+}
+
+fn export_credentials(ctx: &Ctx, ids: &[String], out: &Path) -> Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    if out.exists() {
+        bail!("{} exists already; choose another file", out.display());
+    }
+    let mut source = SecretSource::detect();
+    let passphrase = source.read("passphrase for the export file")?;
+    if matches!(source, SecretSource::Terminal)
+        && source.read("the same passphrase again")?.expose_secret() != passphrase.expose_secret()
+    {
+        bail!("the two passphrases differ; nothing was exported");
+    }
+    let body = json!({ "passphrase": passphrase.expose_secret(), "ids": ids });
+    let req = ctx
+        .api
+        .request(Method::POST, ctx.api.url(&["credentials", "export"]))
+        .json(&body);
+    let bytes = ctx
+        .api
+        .send(req)?
+        .bytes()
+        .context("cannot read the export")?;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(out)
+        .with_context(|| format!("cannot create {}", out.display()))?;
+    file.write_all(&bytes)
+        .and_then(|()| file.sync_all())
+        .with_context(|| format!("cannot write {}", out.display()))?;
+    let what = if ids.is_empty() {
+        "every credential".to_string()
+    } else {
+        format!("{} credential(s)", ids.len())
+    };
+    println!(
+        "Exported {what} to {} ({} bytes), sealed with your passphrase.",
+        out.display(),
+        bytes.len()
+    );
+    Ok(())
+}
+
+fn import_credentials(ctx: &Ctx, file: &Path, on_conflict: &str) -> Result<()> {
+    use base64::Engine;
+    let bytes = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let passphrase = SecretSource::detect().read("passphrase of the export file")?;
+    let body = json!({
+        "file": base64::engine::general_purpose::STANDARD.encode(&bytes),
+        "passphrase": passphrase.expose_secret(),
+        "on_conflict": on_conflict.replace('-', "_"),
+    });
+    let req = ctx
+        .api
+        .request(Method::POST, ctx.api.url(&["credentials", "import"]))
+        .json(&body);
+    let done = json_body(ctx.api.send(req)?)?;
+    ctx.show(done, |done: &Value| {
+        let items = done["imported"].as_array().cloned().unwrap_or_default();
+        let mut t = list_table(&["ID", "NAME", "ACTION"]);
+        for i in &items {
+            let action = match i["original_name"].as_str() {
+                Some(from) => format!("created (the file's {from:?} was taken)"),
+                None => i["action"].as_str().unwrap_or("").to_string(),
+            };
+            t.add_row(vec![
+                i["id"].as_str().unwrap_or("").to_string(),
+                i["name"].as_str().unwrap_or("").to_string(),
+                action,
+            ]);
+        }
+        println!("{t}");
+        println!(
+            "Imported {} credential(s); check them with `latchkey credentials get ID`.",
+            items.len()
+        );
+    })
 }
 
 fn list_credentials(ctx: &Ctx, a: ListArgs) -> Result<()> {

@@ -542,3 +542,106 @@ fn missing_token_and_unreachable_server_are_explained() {
     assert!(out.stderr.contains(&url), "{}", out.stderr);
     assert!(out.stderr.contains("cannot connect"), "{}", out.stderr);
 }
+
+#[test]
+fn credentials_export_to_a_sealed_file_and_import_into_another_tenant() {
+    let server = Server::start();
+    create_twilio(
+        &server,
+        "Support SMS",
+        &account_sid(),
+        &format!("{KEY_1}\n{WEBHOOK_SECRET}\n"),
+    )
+    .json();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("all.lkx");
+    let file_arg = file.to_str().unwrap();
+    let passphrase = "correct horse battery staple\n";
+
+    let exported = server.cli(
+        &["credentials", "export", "--out", file_arg],
+        Some(passphrase),
+    );
+    exported.ok();
+    assert!(
+        exported.stdout.contains("Exported every credential"),
+        "{}",
+        exported.stdout
+    );
+    let bytes = std::fs::read(&file).unwrap();
+    assert!(bytes.starts_with(b"LKEX"));
+    assert!(
+        !bytes.windows(KEY_1.len()).any(|w| w == KEY_1.as_bytes()),
+        "sealed"
+    );
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&file).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    server
+        .cli(
+            &["credentials", "export", "--out", file_arg],
+            Some(passphrase),
+        )
+        .fails();
+
+    let tenant = server
+        .cli(&["tenants", "create", "--name", "Other", "--json"], None)
+        .json();
+    let other = tenant["admin_token"]["token"].as_str().unwrap().to_string();
+    let wrong = server.cli_as(
+        &other,
+        &["credentials", "import", file_arg],
+        Some("not it\n"),
+    );
+    wrong.fails();
+    assert!(
+        wrong.stderr.contains("passphrase is wrong"),
+        "{}",
+        wrong.stderr
+    );
+
+    let done = server
+        .cli_as(
+            &other,
+            &["credentials", "import", file_arg, "--json"],
+            Some(passphrase),
+        )
+        .json();
+    assert_eq!(done["imported"][0]["name"], "Support SMS");
+    assert_eq!(done["imported"][0]["action"], "created");
+    let again = server.cli_as(
+        &other,
+        &["credentials", "import", file_arg],
+        Some(passphrase),
+    );
+    again.fails();
+    assert!(
+        again.stderr.contains("Support SMS") && again.stderr.contains("--on-conflict"),
+        "{}",
+        again.stderr
+    );
+    let renamed = server.cli_as(
+        &other,
+        &[
+            "credentials",
+            "import",
+            file_arg,
+            "--on-conflict",
+            "create-new",
+        ],
+        Some(passphrase),
+    );
+    renamed.ok();
+    assert!(
+        renamed.stdout.contains("Support SMS (imported)"),
+        "{}",
+        renamed.stdout
+    );
+    let list = server
+        .cli_as(&other, &["credentials", "list", "--json"], None)
+        .json();
+    assert_eq!(list["items"].as_array().unwrap().len(), 2);
+    renamed.contains_nowhere(KEY_1);
+}

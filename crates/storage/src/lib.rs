@@ -171,6 +171,14 @@ pub struct CredentialUpdate {
     pub remove_secrets: Vec<String>,
 }
 
+/// One credential of an import: a new one with its sealed secrets, or a
+/// whole replacement of an existing one (same id and data key).
+#[derive(Debug, Clone)]
+pub enum ImportItem {
+    Insert(CredentialRecord, Vec<SealedSecret>),
+    Update(CredentialUpdate),
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuditEntry {
     pub id: String,
@@ -308,6 +316,9 @@ pub trait Store: Send + Sync + 'static {
         page: PageRequest<'_>,
     ) -> Result<Page<CredentialRecord>>;
     async fn update_credential(&self, update: CredentialUpdate, audit: AuditEntry) -> Result<()>;
+    /// Writes an import in one transaction: new credentials and
+    /// replacements of existing ones; on any error nothing is written.
+    async fn import_credentials(&self, items: Vec<ImportItem>, audit: AuditEntry) -> Result<()>;
     /// Removes the credential and its secrets for good.
     async fn delete_credential(&self, tenant: &str, id: &str, audit: AuditEntry) -> Result<()>;
 

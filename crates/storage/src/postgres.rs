@@ -355,6 +355,96 @@ impl Args {
     }
 }
 
+async fn insert_credential(
+    tx: &impl GenericClient,
+    rec: &CredentialRecord,
+    secrets: &[SealedSecret],
+) -> Result<()> {
+    lock_name(tx, NameLock::Credential, &rec.tenant_id, &rec.name).await?;
+    name_clash(tx, &rec.tenant_id, &rec.name, &rec.id).await?;
+    exec(
+            tx,
+            &format!(
+                "INSERT INTO credentials ({CREDENTIAL_COLUMNS}) VALUES
+                 ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)"
+            ),
+            &[
+                &rec.id,
+                &rec.tenant_id,
+                &rec.name,
+                &rec.description,
+                &rec.integration_id,
+                &rec.auth_type,
+                &Json(&rec.services),
+                &Json(&rec.scopes),
+                &Json(&rec.params),
+                &Json(&rec.secret_fields),
+                &rec.status,
+                &rec.status_message,
+                &rec.checked_at.map(ms),
+                &rec.version,
+                &rec.kek_id,
+                &rec.wrapped_dek,
+                &ms(rec.created_at),
+                &rec.created_by,
+                &ms(rec.updated_at),
+                &rec.updated_by,
+            ],
+        )
+        .await?;
+    put_secrets(tx, &rec.id, secrets).await
+}
+
+async fn update_credential(tx: &impl GenericClient, u: &CredentialUpdate) -> Result<()> {
+    let rec = &u.record;
+    lock_version(
+        tx,
+        Versioned::Credential,
+        &rec.tenant_id,
+        &rec.id,
+        u.expected_version,
+    )
+    .await?;
+    lock_name(tx, NameLock::Credential, &rec.tenant_id, &rec.name).await?;
+    name_clash(tx, &rec.tenant_id, &rec.name, &rec.id).await?;
+    exec(
+            tx,
+            "UPDATE credentials SET name = $3, description = $4, services = $5, scopes = $6, params = $7,
+               secret_fields = $8, status = $9, status_message = $10, checked_at = $11, version = $12,
+               updated_at = $13, updated_by = $14, integration_id = $15, auth_type = $16
+             WHERE tenant_id = $1 AND id = $2",
+            &[
+                &rec.tenant_id,
+                &rec.id,
+                &rec.name,
+                &rec.description,
+                &Json(&rec.services),
+                &Json(&rec.scopes),
+                &Json(&rec.params),
+                &Json(&rec.secret_fields),
+                &rec.status,
+                &rec.status_message,
+                &rec.checked_at.map(ms),
+                &rec.version,
+                &ms(rec.updated_at),
+                &rec.updated_by,
+                &rec.integration_id,
+                &rec.auth_type,
+            ],
+        )
+        .await?;
+    put_secrets(tx, &rec.id, &u.put_secrets).await?;
+    for field in &u.remove_secrets {
+        exec(
+            tx,
+            "DELETE FROM credential_secrets WHERE credential_id = $1 AND field = $2",
+            &[&rec.id, field],
+        )
+        .await?;
+    }
+    Ok(())
+}
+
 async fn write_audit(c: &impl GenericClient, a: &AuditEntry) -> Result<()> {
     exec(
         c,
@@ -842,39 +932,20 @@ impl Store for PostgresStore {
     ) -> Result<()> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(pg)?;
-        lock_name(&tx, NameLock::Credential, &rec.tenant_id, &rec.name).await?;
-        name_clash(&tx, &rec.tenant_id, &rec.name, &rec.id).await?;
-        exec(
-            &tx,
-            &format!(
-                "INSERT INTO credentials ({CREDENTIAL_COLUMNS}) VALUES
-                 ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)"
-            ),
-            &[
-                &rec.id,
-                &rec.tenant_id,
-                &rec.name,
-                &rec.description,
-                &rec.integration_id,
-                &rec.auth_type,
-                &Json(&rec.services),
-                &Json(&rec.scopes),
-                &Json(&rec.params),
-                &Json(&rec.secret_fields),
-                &rec.status,
-                &rec.status_message,
-                &rec.checked_at.map(ms),
-                &rec.version,
-                &rec.kek_id,
-                &rec.wrapped_dek,
-                &ms(rec.created_at),
-                &rec.created_by,
-                &ms(rec.updated_at),
-                &rec.updated_by,
-            ],
-        )
-        .await?;
-        put_secrets(&tx, &rec.id, &secrets).await?;
+        insert_credential(&tx, &rec, &secrets).await?;
+        write_audit(&tx, &audit).await?;
+        tx.commit().await.map_err(pg)
+    }
+
+    async fn import_credentials(&self, items: Vec<ImportItem>, audit: AuditEntry) -> Result<()> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg)?;
+        for item in &items {
+            match item {
+                ImportItem::Insert(rec, secrets) => insert_credential(&tx, rec, secrets).await?,
+                ImportItem::Update(u) => update_credential(&tx, u).await?,
+            }
+        }
         write_audit(&tx, &audit).await?;
         tx.commit().await.map_err(pg)
     }
@@ -965,52 +1036,9 @@ impl Store for PostgresStore {
     }
 
     async fn update_credential(&self, u: CredentialUpdate, audit: AuditEntry) -> Result<()> {
-        let rec = &u.record;
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(pg)?;
-        lock_version(
-            &tx,
-            Versioned::Credential,
-            &rec.tenant_id,
-            &rec.id,
-            u.expected_version,
-        )
-        .await?;
-        lock_name(&tx, NameLock::Credential, &rec.tenant_id, &rec.name).await?;
-        name_clash(&tx, &rec.tenant_id, &rec.name, &rec.id).await?;
-        exec(
-            &tx,
-            "UPDATE credentials SET name = $3, description = $4, services = $5, scopes = $6, params = $7,
-               secret_fields = $8, status = $9, status_message = $10, checked_at = $11, version = $12,
-               updated_at = $13, updated_by = $14
-             WHERE tenant_id = $1 AND id = $2",
-            &[
-                &rec.tenant_id,
-                &rec.id,
-                &rec.name,
-                &rec.description,
-                &Json(&rec.services),
-                &Json(&rec.scopes),
-                &Json(&rec.params),
-                &Json(&rec.secret_fields),
-                &rec.status,
-                &rec.status_message,
-                &rec.checked_at.map(ms),
-                &rec.version,
-                &ms(rec.updated_at),
-                &rec.updated_by,
-            ],
-        )
-        .await?;
-        put_secrets(&tx, &rec.id, &u.put_secrets).await?;
-        for field in &u.remove_secrets {
-            exec(
-                &tx,
-                "DELETE FROM credential_secrets WHERE credential_id = $1 AND field = $2",
-                &[&rec.id, field],
-            )
-            .await?;
-        }
+        update_credential(&tx, &u).await?;
         write_audit(&tx, &audit).await?;
         tx.commit().await.map_err(pg)
     }

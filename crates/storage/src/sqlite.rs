@@ -216,6 +216,72 @@ fn writer_jobs(conn: &Connection, rx: &mut mpsc::Receiver<Job>) {
     }
 }
 
+fn insert_credential(
+    c: &Connection,
+    rec: &CredentialRecord,
+    secrets: &[SealedSecret],
+) -> Result<()> {
+    name_clash(c, &rec.tenant_id, &rec.name, &rec.id)?;
+    c.prepare_cached(&format!(
+        "INSERT INTO credentials ({CREDENTIAL_COLUMNS}) VALUES
+         (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)"
+    ))
+    .and_then(|mut s| {
+        s.execute(params![
+            rec.id, rec.tenant_id, rec.name, rec.description, rec.integration_id, rec.auth_type,
+            json(&rec.services), json(&rec.scopes), json(&rec.params), json(&rec.secret_fields),
+            rec.status, rec.status_message, rec.checked_at.map(ms), rec.version, rec.kek_id,
+            rec.wrapped_dek, ms(rec.created_at), rec.created_by, ms(rec.updated_at), rec.updated_by
+        ])
+    })
+    .map_err(backend)?;
+    put_secrets(c, &rec.id, secrets)
+}
+
+fn update_credential(c: &Connection, u: &CredentialUpdate) -> Result<()> {
+    let rec = &u.record;
+    let current: Option<i64> = c
+        .query_row(
+            "SELECT version FROM credentials WHERE tenant_id = ?1 AND id = ?2",
+            params![rec.tenant_id, rec.id],
+            |r| r.get(0),
+        )
+        .optional()
+        .map_err(backend)?;
+    match current {
+        None => return Err(StoreError::NotFound),
+        Some(v) if v != u.expected_version => {
+            return Err(StoreError::VersionMismatch { current: v })
+        }
+        Some(_) => {}
+    }
+    name_clash(c, &rec.tenant_id, &rec.name, &rec.id)?;
+    c.prepare_cached(
+        "UPDATE credentials SET name = ?3, description = ?4, services = ?5, scopes = ?6, params = ?7,
+           secret_fields = ?8, status = ?9, status_message = ?10, checked_at = ?11, version = ?12,
+           updated_at = ?13, updated_by = ?14, integration_id = ?15, auth_type = ?16
+         WHERE tenant_id = ?1 AND id = ?2",
+    )
+    .and_then(|mut s| {
+        s.execute(params![
+            rec.tenant_id, rec.id, rec.name, rec.description, json(&rec.services), json(&rec.scopes),
+            json(&rec.params), json(&rec.secret_fields), rec.status, rec.status_message,
+            rec.checked_at.map(ms), rec.version, ms(rec.updated_at), rec.updated_by,
+            rec.integration_id, rec.auth_type
+        ])
+    })
+    .map_err(backend)?;
+    put_secrets(c, &rec.id, &u.put_secrets)?;
+    for field in &u.remove_secrets {
+        c.execute(
+            "DELETE FROM credential_secrets WHERE credential_id = ?1 AND field = ?2",
+            params![rec.id, field],
+        )
+        .map_err(backend)?;
+    }
+    Ok(())
+}
+
 fn write_audit(conn: &Connection, a: &AuditEntry) -> Result<()> {
     conn.prepare_cached(
         "INSERT INTO audit (id, tenant_id, actor_id, actor_name, action, target_type, target_id, at, source, details)
@@ -483,21 +549,20 @@ impl Store for SqliteStore {
         audit: AuditEntry,
     ) -> Result<()> {
         self.write(move |c| {
-            name_clash(c, &rec.tenant_id, &rec.name, &rec.id)?;
-            c.prepare_cached(&format!(
-                "INSERT INTO credentials ({CREDENTIAL_COLUMNS}) VALUES
-                 (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)"
-            ))
-            .and_then(|mut s| {
-                s.execute(params![
-                    rec.id, rec.tenant_id, rec.name, rec.description, rec.integration_id, rec.auth_type,
-                    json(&rec.services), json(&rec.scopes), json(&rec.params), json(&rec.secret_fields),
-                    rec.status, rec.status_message, rec.checked_at.map(ms), rec.version, rec.kek_id,
-                    rec.wrapped_dek, ms(rec.created_at), rec.created_by, ms(rec.updated_at), rec.updated_by
-                ])
-            })
-            .map_err(backend)?;
-            put_secrets(c, &rec.id, &secrets)?;
+            insert_credential(c, &rec, &secrets)?;
+            write_audit(c, &audit)
+        })
+        .await
+    }
+
+    async fn import_credentials(&self, items: Vec<ImportItem>, audit: AuditEntry) -> Result<()> {
+        self.write(move |c| {
+            for item in &items {
+                match item {
+                    ImportItem::Insert(rec, secrets) => insert_credential(c, rec, secrets)?,
+                    ImportItem::Update(u) => update_credential(c, u)?,
+                }
+            }
             write_audit(c, &audit)
         })
         .await
@@ -507,7 +572,6 @@ impl Store for SqliteStore {
         let (tenant, id) = (tenant.to_string(), id.to_string());
         self.read(move |c| get_credential(c, &tenant, &id)).await
     }
-
     async fn credential_id_by_name(&self, tenant: &str, name: &str) -> Result<Option<String>> {
         let (tenant, name) = (tenant.to_string(), name.to_string());
         self.read(move |c| match name_clash(c, &tenant, &name, "") {
@@ -604,43 +668,7 @@ impl Store for SqliteStore {
 
     async fn update_credential(&self, u: CredentialUpdate, audit: AuditEntry) -> Result<()> {
         self.write(move |c| {
-            let rec = &u.record;
-            let current: Option<i64> = c
-                .query_row(
-                    "SELECT version FROM credentials WHERE tenant_id = ?1 AND id = ?2",
-                    params![rec.tenant_id, rec.id],
-                    |r| r.get(0),
-                )
-                .optional()
-                .map_err(backend)?;
-            match current {
-                None => return Err(StoreError::NotFound),
-                Some(v) if v != u.expected_version => return Err(StoreError::VersionMismatch { current: v }),
-                Some(_) => {}
-            }
-            name_clash(c, &rec.tenant_id, &rec.name, &rec.id)?;
-            c.prepare_cached(
-                "UPDATE credentials SET name = ?3, description = ?4, services = ?5, scopes = ?6, params = ?7,
-                   secret_fields = ?8, status = ?9, status_message = ?10, checked_at = ?11, version = ?12,
-                   updated_at = ?13, updated_by = ?14
-                 WHERE tenant_id = ?1 AND id = ?2",
-            )
-            .and_then(|mut s| {
-                s.execute(params![
-                    rec.tenant_id, rec.id, rec.name, rec.description, json(&rec.services), json(&rec.scopes),
-                    json(&rec.params), json(&rec.secret_fields), rec.status, rec.status_message,
-                    rec.checked_at.map(ms), rec.version, ms(rec.updated_at), rec.updated_by
-                ])
-            })
-            .map_err(backend)?;
-            put_secrets(c, &rec.id, &u.put_secrets)?;
-            for field in &u.remove_secrets {
-                c.execute(
-                    "DELETE FROM credential_secrets WHERE credential_id = ?1 AND field = ?2",
-                    params![rec.id, field],
-                )
-                .map_err(backend)?;
-            }
+            update_credential(c, &u)?;
             write_audit(c, &audit)
         })
         .await

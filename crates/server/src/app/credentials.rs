@@ -49,7 +49,7 @@ impl App {
     /// Every rule of a draft: the domain's, plus where its outbound calls
     /// would go (a `base_url` the outbound policy refuses is a field error now,
     /// not a failed call later).
-    async fn check_draft(
+    pub(super) async fn check_draft(
         &self,
         p: &Principal,
         draft: Draft,
@@ -522,7 +522,7 @@ fn name_taken_error(name: &str, existing_id: &str) -> FieldError {
     )
 }
 
-fn services_map(checked: &CheckedDraft) -> BTreeMap<String, String> {
+pub(super) fn services_map(checked: &CheckedDraft) -> BTreeMap<String, String> {
     checked
         .services
         .iter()
@@ -530,7 +530,7 @@ fn services_map(checked: &CheckedDraft) -> BTreeMap<String, String> {
         .collect()
 }
 
-fn seal_all(
+pub(super) fn seal_all(
     dek: &crypto::DataKey,
     tenant: &str,
     credential: &str,

@@ -9,6 +9,7 @@
 mod config_services;
 mod credentials;
 mod identity;
+mod import;
 mod ingress;
 mod validation;
 
@@ -22,6 +23,7 @@ use storage::{AuditEntry, Store, StoreError};
 pub use config_services::*;
 pub use credentials::*;
 pub use identity::*;
+pub use import::*;
 pub use ingress::*;
 
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +48,12 @@ pub enum AppError {
     TokenRejected(String),
     #[error("{0}")]
     ProviderUnreachable(String),
+    /// An import file that cannot be read: a stable code and what to do.
+    #[error("{message}")]
+    ImportFile { code: &'static str, message: String },
+    /// Names of an import that the tenant already uses: (name, existing id).
+    #[error("names already used")]
+    ImportConflict(Vec<(String, String)>),
     #[error("internal error")]
     Internal(#[from] anyhow::Error),
 }

@@ -17,7 +17,9 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::error::{ApiError, JsonBody, PathParam, Problem, QueryParams};
 use super::{if_match, ListOf};
-use crate::app::{encode_cursor, App, CredentialPatch, ListParams, PageParams, Principal};
+use crate::app::{
+    encode_cursor, App, CredentialPatch, ListParams, OnConflict, PageParams, Principal,
+};
 
 /// A config param as sent: a secret param's `value` may be left out on update
 /// to keep the stored value.
@@ -593,4 +595,89 @@ pub async fn export_credentials(
         h.insert(header::CONTENT_DISPOSITION, v);
     }
     Ok(res)
+}
+
+/// What to do with names the tenant already uses.
+#[derive(Debug, Clone, Copy, Default, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum OnConflictParam {
+    /// Refuse with 409 `name_conflict`, listing the clashes (the default).
+    #[default]
+    Ask,
+    /// Replace each existing credential (same id and URLs) with the file's.
+    Override,
+    /// Import under a new name: "Name (imported)", "Name (imported 2)", ….
+    CreateNew,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ImportRequest {
+    /// The export file (`.lkx`), base64-encoded.
+    pub file: String,
+    /// The passphrase the file was exported with.
+    #[schema(value_type = String, format = Password)]
+    pub passphrase: SecretString,
+    #[serde(default)]
+    pub on_conflict: OnConflictParam,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ImportedView {
+    pub id: String,
+    pub name: String,
+    /// `created`, `replaced`, or `renamed` (created under a new name).
+    pub action: String,
+    /// The name in the file, when imported under another.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub original_name: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ImportResponse {
+    pub imported: Vec<ImportedView>,
+}
+
+#[utoipa::path(post, path = "/v1/credentials/import", tag = "credentials",
+    request_body = ImportRequest,
+    responses(
+        (status = 201, body = ImportResponse, description = "Every credential of the file, imported in one transaction"),
+        (status = 400, body = Problem), (status = 401, body = Problem), (status = 403, body = Problem),
+        (status = 409, body = Problem, description = "name_conflict: names already used (listed); nothing imported"),
+        (status = 413, body = Problem),
+        (status = 422, body = Problem, description = "The file cannot be used: not_an_export, truncated, wrong_passphrase, tampered, unsupported_version, not_a_credential_export, or invalid credentials")),
+    security(("bearer" = [])))]
+pub async fn import_credentials(
+    State(app): State<Arc<App>>,
+    p: Principal,
+    JsonBody(body): JsonBody<ImportRequest>,
+) -> Result<(StatusCode, Json<ImportResponse>), ApiError> {
+    use base64::Engine;
+    let file = base64::engine::general_purpose::STANDARD
+        .decode(body.file.trim())
+        .map_err(|_| {
+            ApiError::validation(vec![domain::FieldError::new(
+                "file",
+                "not_base64",
+                "Send the export file's bytes base64-encoded.",
+            )])
+        })?;
+    let on_conflict = match body.on_conflict {
+        OnConflictParam::Ask => OnConflict::Ask,
+        OnConflictParam::Override => OnConflict::Override,
+        OnConflictParam::CreateNew => OnConflict::CreateNew,
+    };
+    let imported = app
+        .import_credentials(&p, file, body.passphrase, on_conflict)
+        .await?;
+    let imported = imported
+        .into_iter()
+        .map(|i| ImportedView {
+            id: i.id,
+            name: i.name,
+            action: i.action.to_string(),
+            original_name: i.original_name,
+        })
+        .collect();
+    Ok((StatusCode::CREATED, Json(ImportResponse { imported })))
 }

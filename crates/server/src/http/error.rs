@@ -142,6 +142,25 @@ impl From<AppError> for ApiError {
                     .collect();
                 err
             }
+            AppError::ImportFile { code, message } => {
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, code, message)
+            }
+            AppError::ImportConflict(clashes) => {
+                let mut err = ApiError::new(
+                    StatusCode::CONFLICT,
+                    "name_conflict",
+                    format!(
+                        "{} credential(s) in the file have names this tenant already uses; nothing was imported. \
+                         Import again with on_conflict \"override\" (replace them) or \"create_new\" (import under new names).",
+                        clashes.len()
+                    ),
+                );
+                err.problem.credentials = clashes
+                    .into_iter()
+                    .map(|(name, id)| CredentialRef { id, name })
+                    .collect();
+                err
+            }
             AppError::TokenRejected(reason) => {
                 ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "token_rejected", reason)
             }

@@ -81,6 +81,7 @@ pub fn api() -> (Router<Arc<App>>, utoipa::openapi::OpenApi) {
         ))
         .routes(routes!(credentials::validate_credential))
         .routes(routes!(credentials::export_credentials))
+        .routes(routes!(credentials::import_credentials))
         .routes(routes!(
             credentials::get_credential,
             credentials::update_credential,

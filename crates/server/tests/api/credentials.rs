@@ -551,7 +551,7 @@ async fn an_export_is_sealed_with_a_passphrase_and_carries_the_secrets() {
     );
     assert_eq!(
         wrong.unwrap_err(),
-        crypto::export::ExportError::WrongPassphraseOrTampered
+        crypto::export::ExportError::WrongPassphrase
     );
 
     // Without ids: every credential of the tenant.

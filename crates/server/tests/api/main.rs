@@ -6,6 +6,7 @@ mod credentials;
 mod encryption;
 mod helpers;
 mod identity;
+mod import;
 mod ingress;
 mod openapi;
 mod replicas;
