@@ -1625,13 +1625,14 @@
 
   // ------------------------------------------------------------- Export
 
+  /** Opens the Export dialog for one listed credential, or for all with `id` null. */
   function openExport(id, opener) {
     const dialog = $('export-dialog');
-    const c = findListed(id);
+    const c = id === null ? { all: true } : findListed(id);
     if (!c || dialog.open) return;
     state.pendingExport = c;
     state.exportSeq += 1;
-    $('export-title').textContent = `Export “${c.name}”`;
+    $('export-title').textContent = c.all ? 'Export all credentials' : `Export “${c.name}”`;
     wipeExportInputs();
     hideExportError();
     setExportBusy(false);
@@ -1697,7 +1698,8 @@
     hideExportError();
     const seq = ++state.exportSeq;
     setExportBusy(true);
-    const res = await apiFile('POST', '/v1/credentials/export', { passphrase, ids: [c.id] }, EXPORT_FILENAME);
+    const ids = c.all ? [] : [c.id];
+    const res = await apiFile('POST', '/v1/credentials/export', { passphrase, ids }, EXPORT_FILENAME);
     if (seq !== state.exportSeq) return; // the dialog closed meanwhile: no download
     setExportBusy(false);
     if (!res.ok) {
@@ -1710,7 +1712,7 @@
     // Closed first: the page behind a modal dialog is inert.
     $('export-dialog').close();
     saveFile(res.blob, res.filename);
-    toast(`Exported “${c.name}”.`);
+    toast(c.all ? 'Exported all credentials.' : `Exported “${c.name}”.`);
   }
 
   /** Enter in either passphrase input exports (the buttons are not submit buttons). */
@@ -1720,6 +1722,138 @@
     if (event.target.tagName !== 'INPUT') return;
     event.preventDefault();
     confirmExport();
+  }
+
+  // ------------------------------------------------------------- Import
+
+  const importState = { busy: false, seq: 0 };
+
+  function openImport(opener) {
+    const dialog = $('import-dialog');
+    if (dialog.open) return;
+    importState.seq += 1;
+    resetImport();
+    openModal(dialog, opener);
+    $('import-file').focus();
+  }
+
+  /** Clears the file, the passphrase and every message of the dialog. */
+  function resetImport() {
+    $('import-file').value = '';
+    $('import-passphrase').value = '';
+    hideImportMessages();
+    setImportBusy(false);
+  }
+
+  function hideImportMessages() {
+    $('import-error').hidden = true;
+    $('import-error').textContent = '';
+    $('import-conflict').hidden = true;
+    $('import-conflict-names').replaceChildren();
+    $('import-override').hidden = true;
+    $('import-create-new').hidden = true;
+    $('import-confirm').hidden = false;
+    for (const id of ['import-file', 'import-passphrase']) $(id).removeAttribute('aria-invalid');
+  }
+
+  function setImportBusy(busy) {
+    importState.busy = busy;
+    for (const id of ['import-confirm', 'import-override', 'import-create-new']) {
+      if (busy) $(id).setAttribute('aria-busy', 'true');
+      else $(id).removeAttribute('aria-busy');
+    }
+    $('import-status').textContent = busy ? 'Opening the file…' : '';
+  }
+
+  function showImportError(message, inputId) {
+    hideImportMessages();
+    const box = $('import-error');
+    box.textContent = message;
+    box.hidden = false;
+    if (inputId) {
+      $(inputId).setAttribute('aria-invalid', 'true');
+      $(inputId).focus();
+    }
+  }
+
+  /** The chosen file as base64 (the API takes the bytes that way). */
+  function readAsBase64(file) {
+    return new Promise((resolve, reject) => {
+      const reader = new FileReader();
+      reader.onload = () => resolve(String(reader.result).replace(/^data:[^,]*,/, ''));
+      reader.onerror = () => reject(reader.error);
+      reader.readAsDataURL(file);
+    });
+  }
+
+  /** Sends the import; `onConflict` is ask, override or create_new. */
+  async function confirmImport(onConflict) {
+    if (importState.busy) return;
+    const file = $('import-file').files[0];
+    if (!file) {
+      showImportError('Choose the export file (.lkx) first.', 'import-file');
+      return;
+    }
+    const passphrase = $('import-passphrase').value;
+    if (!passphrase) {
+      showImportError('Type the passphrase the file was exported with.', 'import-passphrase');
+      return;
+    }
+    let encoded;
+    try {
+      encoded = await readAsBase64(file);
+    } catch (_) {
+      showImportError('The file could not be read; choose it again.', 'import-file');
+      return;
+    }
+    const seq = ++importState.seq;
+    setImportBusy(true);
+    const res = await api('POST', '/v1/credentials/import', { file: encoded, passphrase, on_conflict: onConflict });
+    if (seq !== importState.seq) return; // closed meanwhile
+    setImportBusy(false);
+    if (res.ok) {
+      const imported = (res.data && res.data.imported) || [];
+      $('import-dialog').close();
+      toast(imported.length === 1 ? `Imported “${imported[0].name}”.` : `Imported ${imported.length} credentials.`);
+      await reloadFromStart();
+      return;
+    }
+    const code = res.data && res.data.code;
+    if (code === 'name_conflict') {
+      hideImportMessages();
+      const names = $('import-conflict-names');
+      for (const c of res.data.credentials || []) names.append(el('li', { text: c.name }));
+      $('import-conflict').hidden = false;
+      $('import-confirm').hidden = true;
+      $('import-override').hidden = false;
+      $('import-create-new').hidden = false;
+      $('import-create-new').focus();
+      return;
+    }
+    const onPassphrase = code === 'wrong_passphrase' || code === 'wrong_passphrase_or_tampered';
+    showImportError(problemText(res), onPassphrase ? 'import-passphrase' : 'import-file');
+  }
+
+  function bindImportDialog() {
+    const dialog = $('import-dialog');
+    $('import-credential').addEventListener('click', (e) => openImport(e.currentTarget));
+    $('export-all').addEventListener('click', (e) => openExport(null, e.currentTarget));
+    $('import-confirm').addEventListener('click', () => confirmImport('ask'));
+    $('import-override').addEventListener('click', () => confirmImport('override'));
+    $('import-create-new').addEventListener('click', () => confirmImport('create_new'));
+    $('import-cancel').addEventListener('click', () => dialog.close());
+    $('import-file').addEventListener('change', hideImportMessages);
+    $('import-passphrase').addEventListener('keydown', (event) => {
+      if (event.key !== 'Enter' || event.isComposing) return;
+      event.preventDefault();
+      if (!$('import-confirm').hidden) confirmImport('ask');
+    });
+    dialog.addEventListener('close', () => {
+      importState.seq += 1;
+      resetImport();
+      rehomeToast(dialog);
+      restoreFocus(dialog);
+    });
   }
 
   // ------------------------------------------------------------- wiring
@@ -1846,6 +1980,7 @@
     bindViewDialog();
     bindConfirmDialog();
     bindExportDialog();
+    bindImportDialog();
     state.integrationsReady = loadIntegrations();
     reloadFromStart();
     setInterval(refreshRelativeTimes, 60 * 1000);

@@ -651,6 +651,74 @@ async fn a_tenant_sees_only_its_own_credentials() {
     b.rows_where("no operator rows", |r| r.is_empty()).await;
     assert!(!b.source().await.contains("Operator only SMS"));
 
+    // Import Credential: the operator's export, brought into Acme through
+    // the dashboard; a wrong passphrase says so, a used name asks.
+    let passphrase = "operator export passphrase";
+    let exported = app
+        .post(
+            "/v1/credentials/export",
+            &json!({ "passphrase": passphrase }),
+        )
+        .await
+        .bytes()
+        .await
+        .unwrap();
+    let files = tempfile::tempdir().unwrap();
+    let file = files.path().join("operator.lkx");
+    std::fs::write(&file, &exported).unwrap();
+    b.fill("#search", "").await;
+    let choose_file = || async {
+        let input = b.client.find(Locator::Css("#import-file")).await.unwrap();
+        input.send_keys(file.to_str().unwrap()).await.unwrap();
+    };
+    b.click("#import-credential").await;
+    b.visible("dialog#import-dialog").await;
+    choose_file().await;
+    b.fill("#import-passphrase", "not the passphrase").await;
+    b.click("#import-confirm").await;
+    b.text_where("#import-error", "the wrong passphrase named", |t| {
+        t.contains("passphrase is wrong")
+    })
+    .await;
+    assert_eq!(
+        b.attr("#import-passphrase", "aria-invalid")
+            .await
+            .as_deref(),
+        Some("true")
+    );
+    b.fill("#import-passphrase", passphrase).await;
+    b.click("#import-confirm").await;
+    b.hidden("dialog#import-dialog").await;
+    b.toast("Imported").await;
+    b.rows_where("the imported credential listed", |r| {
+        r.iter().any(|row| row.name == "Operator only SMS")
+    })
+    .await;
+    assert!(
+        !b.source().await.contains(&twilio_key('o')),
+        "the imported key never reaches the page"
+    );
+
+    b.click("#import-credential").await;
+    b.visible("dialog#import-dialog").await;
+    choose_file().await;
+    b.fill("#import-passphrase", passphrase).await;
+    b.click("#import-confirm").await;
+    b.text_where("#import-conflict-names", "the used name listed", |t| {
+        t.contains("Operator only SMS")
+    })
+    .await;
+    b.visible("#import-override").await;
+    b.screenshot("10-import-conflict.png").await;
+    b.click("#import-create-new").await;
+    b.hidden("dialog#import-dialog").await;
+    b.rows_where("both copies listed", |r| {
+        r.iter()
+            .any(|row| row.name == "Operator only SMS (imported)")
+            && r.iter().any(|row| row.name == "Operator only SMS")
+    })
+    .await;
+
     b.close().await;
     app.stop().await;
 }
