@@ -90,6 +90,14 @@ struct ServeArgs {
     /// The PostgreSQL schema to use (created if missing).
     #[arg(long, env = "LATCHKEY_DATABASE_SCHEMA", requires = "database_url")]
     database_schema: Option<String>,
+    /// Failed sign-ins or bad tokens an address may send per minute; past
+    /// that it gets 429 until the minute is over. 0 turns it off.
+    #[arg(long, default_value_t = server::app::DEFAULT_AUTH_FAILURES, env = "LATCHKEY_AUTH_FAILURE_LIMIT")]
+    auth_failure_limit: u32,
+    /// Deliveries per second each credential may receive (bursts of twice
+    /// that); past that, 429 with Retry-After. 0 turns it off.
+    #[arg(long, default_value_t = server::app::DEFAULT_INGRESS_PER_SECOND, env = "LATCHKEY_INGRESS_LIMIT")]
+    ingress_limit: u32,
     /// Log format.
     #[arg(long, value_parser = ["text", "json"], default_value = "text", env = "LATCHKEY_LOG_FORMAT")]
     log_format: String,
@@ -168,6 +176,8 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             database_url: args.database_url,
             database_schema: args.database_schema,
             outbound_timeout: std::time::Duration::from_secs(args.outbound_timeout_secs),
+            auth_failure_limit: args.auth_failure_limit,
+            ingress_limit: args.ingress_limit,
             ..server::Config::new(args.listen, args.data_dir)
         };
         let (report, serving) = match server::start(config, shutdown_signal()).await {

@@ -58,6 +58,8 @@ async fn main() -> anyhow::Result<()> {
     let config = server::Config {
         database_url: database_url.clone(),
         database_schema: schema.clone(),
+        // Measures throughput: no per-credential delivery limit.
+        ingress_limit: 0,
         ..server::Config::new("127.0.0.1:0".parse()?, dir.path().to_path_buf())
     };
     let (report, serving) = server::start(config, async move {

@@ -40,6 +40,12 @@ pub struct Config {
     /// The PostgreSQL schema to live in (created if missing); `None` for the
     /// connection's default.
     pub database_schema: Option<String>,
+    /// Failed authentications an address may make per minute before it is
+    /// refused (429) for the rest of that minute; 0 turns it off.
+    pub auth_failure_limit: u32,
+    /// Deliveries per second each credential may receive (bursts of twice
+    /// that); 0 turns it off.
+    pub ingress_limit: u32,
 }
 
 impl Config {
@@ -54,6 +60,8 @@ impl Config {
             outbound_timeout: Duration::from_secs(10),
             database_url: None,
             database_schema: None,
+            auth_failure_limit: app::DEFAULT_AUTH_FAILURES,
+            ingress_limit: app::DEFAULT_INGRESS_PER_SECOND,
         }
     }
 }
@@ -140,13 +148,17 @@ pub async fn start(
         services::validate::OutboundPolicy::new(&config.allow_outbound, config.outbound_timeout)
             .map_err(anyhow::Error::msg)?;
     let validator = services::validate::Validator::new(policy).map_err(anyhow::Error::msg)?;
-    let app = Arc::new(App::new(
+    let mut app = App::new(
         store,
         kek,
         domain::Catalog::builtin()?,
         public_url.clone(),
         validator,
-    ));
+    );
+    app.auth_failures =
+        app::limits::FailureLimiter::new(config.auth_failure_limit, Duration::from_secs(60));
+    app.ingress_limit = app::limits::IngressLimiter::new(config.ingress_limit);
+    let app = Arc::new(app);
     let first_admin_token = app
         .bootstrap()
         .await
@@ -159,6 +171,7 @@ pub async fn start(
             loop {
                 tick.tick().await;
                 app.flush_counters().await;
+                app.ingress_limit.sweep();
             }
         }
     });

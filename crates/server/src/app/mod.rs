@@ -11,6 +11,7 @@ mod credentials;
 mod identity;
 mod import;
 mod ingress;
+pub mod limits;
 mod validation;
 
 use std::sync::Arc;
@@ -54,6 +55,12 @@ pub enum AppError {
     /// Names of an import that the tenant already uses: (name, existing id).
     #[error("names already used")]
     ImportConflict(Vec<(String, String)>),
+    /// Too many attempts; try again after this long.
+    #[error("{message}")]
+    TooManyRequests {
+        retry_after: std::time::Duration,
+        message: &'static str,
+    },
     #[error("internal error")]
     Internal(#[from] anyhow::Error),
 }
@@ -190,7 +197,16 @@ pub struct App {
     pub validator: services::validate::Validator,
     pub counters: Counters,
     pub script_limits: services::script::Limits,
+    /// Failed sign-ins and bad tokens per source address.
+    pub auth_failures: limits::FailureLimiter,
+    /// Deliveries per credential.
+    pub ingress_limit: limits::IngressLimiter,
 }
+
+/// Failed authentications an address may make per minute.
+pub const DEFAULT_AUTH_FAILURES: u32 = 20;
+/// Deliveries per second one credential may receive (bursts of twice that).
+pub const DEFAULT_INGRESS_PER_SECOND: u32 = 1000;
 
 impl App {
     pub fn new(
@@ -208,6 +224,11 @@ impl App {
             validator,
             counters: Counters::default(),
             script_limits: services::script::Limits::default(),
+            auth_failures: limits::FailureLimiter::new(
+                DEFAULT_AUTH_FAILURES,
+                std::time::Duration::from_secs(60),
+            ),
+            ingress_limit: limits::IngressLimiter::new(DEFAULT_INGRESS_PER_SECOND),
         }
     }
 }

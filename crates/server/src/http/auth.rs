@@ -12,7 +12,7 @@ use axum::http::{header, request::Parts, HeaderMap, Method, StatusCode};
 use subtle::ConstantTimeEq;
 
 use super::error::ApiError;
-use crate::app::{App, Principal};
+use crate::app::{App, AppError, Principal};
 
 pub const SESSION_COOKIE: &str = "lk_session";
 pub const CSRF_HEADER: &str = "x-csrf-token";
@@ -42,18 +42,23 @@ impl FromRequestParts<Arc<App>> for Principal {
             .extensions
             .get::<ConnectInfo<SocketAddr>>()
             .map(|c| c.0.ip().to_string());
+        let address = source.clone().unwrap_or_default();
+        refuse_if_blocked(app, &address)?;
+        let failed = |message: &'static str| {
+            app.auth_failures.failed(&address);
+            ApiError::unauthenticated(message)
+        };
         if let Some(value) = parts.headers.get(header::AUTHORIZATION) {
             let token = value
                 .to_str()
                 .ok()
                 .and_then(|v| v.strip_prefix("Bearer "))
                 .map(str::trim)
-                .ok_or_else(|| {
-                    ApiError::unauthenticated("The Authorization header must be: Bearer lk_…")
-                })?;
-            return app.authenticate(token, source).await?.ok_or_else(|| {
-                ApiError::unauthenticated("The token is unknown or has been revoked.")
-            });
+                .ok_or_else(|| failed("The Authorization header must be: Bearer lk_…"))?;
+            return app
+                .authenticate(token, source)
+                .await?
+                .ok_or_else(|| failed("The token is unknown or has been revoked."));
         }
         let Some(session) = cookie(&parts.headers, SESSION_COOKIE) else {
             return Err(ApiError::unauthenticated(
@@ -63,7 +68,7 @@ impl FromRequestParts<Arc<App>> for Principal {
         let (principal, csrf) = app
             .session(session, source)
             .await?
-            .ok_or_else(|| ApiError::unauthenticated("The session has ended; sign in again."))?;
+            .ok_or_else(|| failed("The session has ended; sign in again."))?;
         let safe = matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS);
         if !safe {
             let sent = parts
@@ -80,5 +85,18 @@ impl FromRequestParts<Arc<App>> for Principal {
             }
         }
         Ok(principal)
+    }
+}
+
+/// 429 for an address that failed to authenticate too often lately: it may
+/// not try again, with any token, until its window ends.
+pub fn refuse_if_blocked(app: &App, address: &str) -> Result<(), ApiError> {
+    match app.auth_failures.blocked(address) {
+        Some(wait) => Err(AppError::TooManyRequests {
+            retry_after: wait,
+            message: "Too many failed sign-ins or bad tokens from this address; wait for the time in Retry-After, then use a valid token.",
+        }
+        .into()),
+        None => Ok(()),
     }
 }

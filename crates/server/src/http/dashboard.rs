@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use axum::extract::State;
+use axum::extract::{ConnectInfo, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::Form;
@@ -98,6 +98,7 @@ pub struct LoginForm {
 
 pub async fn login(
     State(app): State<Arc<App>>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
     headers: HeaderMap,
     Form(form): Form<LoginForm>,
 ) -> Response {
@@ -108,6 +109,10 @@ pub async fn login(
             StatusCode::FORBIDDEN,
             "The sign-in form expired; please try again.",
         );
+    }
+    let address = peer.ip().to_string();
+    if let Err(refused) = super::auth::refuse_if_blocked(&app, &address) {
+        return refused.into_response();
     }
     match app.sign_in(&form.token).await {
         Ok(Some((session, _))) => {
@@ -124,11 +129,14 @@ pub async fn login(
             set_cookie(&mut res, format!("{LOGIN_COOKIE}=; Path=/login; Max-Age=0"));
             res
         }
-        Ok(None) => login_page(
-            &headers,
-            StatusCode::UNAUTHORIZED,
-            "That token is unknown or has been revoked. Use a management token (lk_…).",
-        ),
+        Ok(None) => {
+            app.auth_failures.failed(&address);
+            login_page(
+                &headers,
+                StatusCode::UNAUTHORIZED,
+                "That token is unknown or has been revoked. Use a management token (lk_…).",
+            )
+        }
         Err(e) => super::error::ApiError::from(e).into_response(),
     }
 }

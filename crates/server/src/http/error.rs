@@ -50,6 +50,8 @@ pub struct CredentialRef {
 pub struct ApiError {
     status: StatusCode,
     problem: Box<Problem>,
+    /// Seconds for a `Retry-After` header (429).
+    retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -67,6 +69,7 @@ impl ApiError {
                 current_version: None,
                 credentials: Vec::new(),
             }),
+            retry_after: None,
         }
     }
 
@@ -142,6 +145,14 @@ impl From<AppError> for ApiError {
                     .collect();
                 err
             }
+            AppError::TooManyRequests {
+                retry_after,
+                message,
+            } => {
+                let mut err = ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", message);
+                err.retry_after = Some(retry_after.as_secs().max(1));
+                err
+            }
             AppError::ImportFile { code, message } => {
                 ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, code, message)
             }
@@ -189,6 +200,10 @@ impl IntoResponse for ApiError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/problem+json"),
         );
+        if let Some(secs) = self.retry_after {
+            res.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
         if self.status == StatusCode::UNAUTHORIZED {
             res.headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));

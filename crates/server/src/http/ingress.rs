@@ -63,6 +63,15 @@ async fn receive(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
+    // Before any lookup or check: a flood to one credential costs little and
+    // leaves the other credentials their share.
+    if let Err(wait) = app.ingress_limit.check(&id) {
+        return ApiError::from(crate::app::AppError::TooManyRequests {
+            retry_after: wait,
+            message: "Too many deliveries to this credential; retry after the time in Retry-After.",
+        })
+        .into_response();
+    }
     let body = match body {
         Ok(b) => b,
         Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {

@@ -35,6 +35,8 @@ pub fn test_config(dir: &std::path::Path) -> server::Config {
         public_url: Some(PUBLIC_URL.into()),
         allow_outbound: vec!["127.0.0.1".into()],
         outbound_timeout: std::time::Duration::from_millis(1500),
+        // The access matrix sends many bad tokens on purpose; the limit has a test of its own.
+        auth_failure_limit: 0,
         ..server::Config::new("127.0.0.1:0".parse().unwrap(), dir.to_path_buf())
     }
 }
@@ -66,11 +68,26 @@ pub async fn spawn_app_in(
     dir: tempfile::TempDir,
     key: Option<&str>,
 ) -> Result<TestApp, (anyhow::Error, tempfile::TempDir)> {
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let config = server::Config {
         master_key: key.map(|k| SecretString::from(k.to_string())),
         ..test_config(dir.path())
     };
+    spawn_with(dir, config).await
+}
+
+/// Starts a server whose configuration `change` adjusts from the test default.
+pub async fn spawn_app_configured(change: impl FnOnce(&mut server::Config)) -> TestApp {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    change(&mut config);
+    spawn_with(dir, config).await.map_err(|(e, _)| e).unwrap()
+}
+
+async fn spawn_with(
+    dir: tempfile::TempDir,
+    config: server::Config,
+) -> Result<TestApp, (anyhow::Error, tempfile::TempDir)> {
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let (report, serving) = match server::start(config, async move {
         let _ = stopped.await;
     })

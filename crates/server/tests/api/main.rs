@@ -8,6 +8,7 @@ mod helpers;
 mod identity;
 mod import;
 mod ingress;
+mod limits;
 mod openapi;
 mod replicas;
 mod services;
