@@ -1,6 +1,7 @@
 //! API tests: each test starts the real server on a random port over a fresh
 //! data dir and talks HTTP to it, as a client would.
 
+mod access;
 mod catalog;
 mod credentials;
 mod encryption;
