@@ -190,7 +190,10 @@ impl App {
             is_operator: false,
             created_at: now(),
         };
-        let issued = issue_token(&tenant.id, "initial admin", Role::Admin, &p.token_id)?;
+        // Made by the operator, whose token id belongs to another tenant and
+        // must not show in this one's token list; the operator's audit entry
+        // records who it was.
+        let issued = issue_token(&tenant.id, "initial admin", Role::Admin, "operator")?;
         let audit = p.audit(
             "tenant.create",
             "tenant",

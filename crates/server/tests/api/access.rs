@@ -64,6 +64,7 @@ const MATRIX: &[(&str, [u16; 6])] = &[
     ("POST /v1/credentials",                                    [401, 401,    403,   201,     201,  201]),
     ("POST /v1/credentials/validate",                           [401, 401,    403,   200,     200,  200]),
     ("POST /v1/credentials/export",                             [401, 401,    403,   200,     200,  404]),
+    ("POST /v1/credentials/import",                             [401, 401,    403,   201,     201,  201]),
     ("GET /v1/credentials/{id}",                                [401, 401,    200,   200,     200,  404]),
     ("PATCH /v1/credentials/{id}",                              [401, 401,    403,   200,     200,  404]),
     ("DELETE /v1/credentials/{id}",                             [401, 401,    403,   204,     204,  404]),
@@ -95,13 +96,7 @@ const MATRIX: &[(&str, [u16; 6])] = &[
 /// matrix keeps the correct expectation; these cells are skipped (and printed)
 /// until the server is fixed. A listed cell that starts to pass fails the
 /// test, so its marker is removed with the fix.
-const KNOWN_BUGS: &[(&str, Who)] = &[
-    // KNOWN_BUG: the status is right (200), but the list breaches the wall:
-    // the tenant's initial admin token shows `created_by` = the id of the
-    // operator admin's token that made the tenant (`app::identity::create_tenant`
-    // issues it with `&p.token_id`), an id of another tenant's record.
-    ("GET /v1/tokens", Who::OtherTenant),
-];
+const KNOWN_BUGS: &[(&str, Who)] = &[];
 
 /// The Slack signing secret of the credential the provider-facing rows use.
 const SLACK_SECRET: &str = "8f742231b10e8888abcd99yyyzzz85a5";
@@ -384,6 +379,22 @@ impl World {
             }
             "POST /v1/credentials/export" => Call::to("/v1/credentials/export")
                 .json(json!({ "passphrase": PASSPHRASE, "ids": [cred] })),
+            "POST /v1/credentials/import" => {
+                use base64::Engine;
+                let content = json!({
+                    "kind": "latchkey.credentials", "format": 1, "exported_at": "2026-11-26T00:00:00Z",
+                    "credentials": [{ "name": format!("Imported {n}"), "description": "", "integration": "stripe",
+                        "auth_type": "api_key", "services": {}, "scopes": [],
+                        "config_params": [{ "key": "api_key", "value": "sk_test_4eC39HqLyjWDarjtT1zdp7dc", "secret": true }] }],
+                });
+                let passphrase = secrecy::SecretString::from(PASSPHRASE.to_string());
+                let file =
+                    crypto::export::seal(&passphrase, content.to_string().as_bytes()).unwrap();
+                Call::to("/v1/credentials/import").json(json!({
+                    "file": base64::engine::general_purpose::STANDARD.encode(file),
+                    "passphrase": PASSPHRASE,
+                }))
+            }
             "GET /v1/credentials/{id}" => Call::to(format!("/v1/credentials/{cred}")),
             "PATCH /v1/credentials/{id}" => {
                 let id = self.fresh_credential(&format!("Patched {n}")).await;

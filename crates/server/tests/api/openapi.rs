@@ -29,6 +29,7 @@ const OPERATIONS: &[&str] = &[
     "POST /hooks/{id}",
     "POST /v1/credentials",
     "POST /v1/credentials/export",
+    "POST /v1/credentials/import",
     "POST /v1/credentials/validate",
     "POST /v1/credentials/{id}/validate",
     "POST /v1/services",
