@@ -513,6 +513,66 @@ mod tests {
         }
     }
 
+    /// Literal private, loopback, link-local and IPv4-mapped addresses in a
+    /// base URL are refused before any connection, unless the operator
+    /// allowed that address.
+    #[tokio::test]
+    async fn literal_private_addresses_are_refused_unless_allowed() {
+        let catalog = domain::Catalog::builtin().unwrap();
+        let twilio = catalog.integration("twilio").unwrap();
+        let secrets = BTreeMap::from([("api_key".to_string(), SecretString::from("k".repeat(32)))]);
+        let check = |allow: Vec<String>, base: &'static str| {
+            let secrets = &secrets;
+            async move {
+                let policy = OutboundPolicy::new(&allow, Duration::from_millis(500)).unwrap();
+                let params = BTreeMap::from([
+                    ("base_url".to_string(), base.to_string()),
+                    ("account_sid".to_string(), format!("AC{}", "0".repeat(32))),
+                    ("api_key_sid".to_string(), format!("SK{}", "0".repeat(32))),
+                ]);
+                Validator::new(policy)
+                    .unwrap()
+                    .validate(
+                        &HttpCheck::default(),
+                        &Subject {
+                            integration: twilio,
+                            params: &params,
+                            secrets,
+                        },
+                    )
+                    .await
+            }
+        };
+        for base in [
+            "https://10.0.0.1",
+            "https://172.16.5.4",
+            "https://192.168.1.1",
+            "https://127.0.0.1:9",
+            "https://169.254.169.254",
+            "https://[::1]:9",
+            "https://[fe80::1]",
+            "https://[::ffff:127.0.0.1]:9",
+            "https://[::ffff:169.254.169.254]",
+        ] {
+            match check(Vec::new(), base).await {
+                Outcome::Unreachable(m) => assert!(
+                    m.contains("does not send keys there") || m.contains("private or loopback"),
+                    "{base}: {m}"
+                ),
+                other => panic!("{base}: {other:?}"),
+            }
+        }
+        // Allowed by the operator, the same address is tried (and here
+        // refuses the connection: nothing listens on port 9).
+        match check(vec!["127.0.0.1".into()], "http://127.0.0.1:9").await {
+            Outcome::Unreachable(m) => assert!(
+                !m.contains("does not send keys there") && !m.contains("private or loopback"),
+                "{m}"
+            ),
+            other => panic!("{other:?}"),
+        }
+    }
+
     #[test]
     fn wildcard_hosts_match_subdomains_only() {
         assert!(host_matches("*.twilio.com", "api.dublin.ie1.twilio.com"));
