@@ -6,27 +6,10 @@
 mod support;
 
 use std::os::unix::fs::PermissionsExt;
-use std::process::{Command, Output};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use support::*;
-
-fn latchkey(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_latchkey"))
-        .args(args)
-        .env_remove("LATCHKEY_MASTER_KEY")
-        .output()
-        .unwrap()
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
 
 async fn names(http: &reqwest::Client, base: &str, token: &str) -> Vec<String> {
     all_pages(http, base, "/v1/credentials", token)

@@ -6,26 +6,7 @@
 
 mod support;
 
-use std::process::{Command, Output};
-
 use support::*;
-
-fn copy(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_latchkey"))
-        .arg("copy")
-        .args(args)
-        .env_remove("LATCHKEY_MASTER_KEY")
-        .output()
-        .unwrap()
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_live_sqlite_installation_moves_to_postgres_sealed_and_keeps_working() {
@@ -56,7 +37,15 @@ async fn a_live_sqlite_installation_moves_to_postgres_sealed_and_keeps_working()
     std::fs::remove_file(&key_file).unwrap();
     let from = format!("sqlite://{}", src.display());
     let url = postgres_url();
-    let out = copy(&["--from", &from, "--to", &url, "--to-schema", &schema.name]);
+    let out = latchkey(&[
+        "copy",
+        "--from",
+        &from,
+        "--to",
+        &url,
+        "--to-schema",
+        &schema.name,
+    ]);
     let printed = text(&out);
     assert!(out.status.success(), "{printed}");
     assert!(
@@ -105,7 +94,15 @@ async fn a_live_sqlite_installation_moves_to_postgres_sealed_and_keeps_working()
     assert_eq!(events["items"].as_array().unwrap().len(), 2, "{events}");
 
     // Copying into a database that has data is refused, and changes nothing.
-    let out = copy(&["--from", &from, "--to", &url, "--to-schema", &schema.name]);
+    let out = latchkey(&[
+        "copy",
+        "--from",
+        &from,
+        "--to",
+        &url,
+        "--to-schema",
+        &schema.name,
+    ]);
     assert!(!out.status.success());
     assert!(text(&out).contains("not empty"), "{}", text(&out));
     let (_, list) = get_json(&http, &format!("{}/v1/credentials", target.base), &token).await;
@@ -114,7 +111,7 @@ async fn a_live_sqlite_installation_moves_to_postgres_sealed_and_keeps_working()
     // A source that is not there is named, not created.
     let missing = format!("sqlite://{}", dir.path().join("nowhere").display());
     let elsewhere = format!("sqlite://{}", dir.path().join("x.db").display());
-    let out = copy(&["--from", &missing, "--to", &elsewhere]);
+    let out = latchkey(&["copy", "--from", &missing, "--to", &elsewhere]);
     assert!(!out.status.success());
     assert!(
         text(&out).contains("no Latchkey database at"),
@@ -122,7 +119,7 @@ async fn a_live_sqlite_installation_moves_to_postgres_sealed_and_keeps_working()
         text(&out)
     );
     assert!(!dir.path().join("nowhere").exists());
-    let out = copy(&["--from", "mysql://x", "--to", &from]);
+    let out = latchkey(&["copy", "--from", "mysql://x", "--to", &from]);
     assert!(text(&out).contains("not a database URL"), "{}", text(&out));
 
     drop((source, target));

@@ -408,31 +408,31 @@ async fn update_credential(tx: &impl GenericClient, u: &CredentialUpdate) -> Res
     lock_name(tx, NameLock::Credential, &rec.tenant_id, &rec.name).await?;
     name_clash(tx, &rec.tenant_id, &rec.name, &rec.id).await?;
     exec(
-            tx,
-            "UPDATE credentials SET name = $3, description = $4, services = $5, scopes = $6, params = $7,
-               secret_fields = $8, status = $9, status_message = $10, checked_at = $11, version = $12,
-               updated_at = $13, updated_by = $14, integration_id = $15, auth_type = $16
-             WHERE tenant_id = $1 AND id = $2",
-            &[
-                &rec.tenant_id,
-                &rec.id,
-                &rec.name,
-                &rec.description,
-                &Json(&rec.services),
-                &Json(&rec.scopes),
-                &Json(&rec.params),
-                &Json(&rec.secret_fields),
-                &rec.status,
-                &rec.status_message,
-                &rec.checked_at.map(ms),
-                &rec.version,
-                &ms(rec.updated_at),
-                &rec.updated_by,
-                &rec.integration_id,
-                &rec.auth_type,
-            ],
-        )
-        .await?;
+        tx,
+        "UPDATE credentials SET name = $3, description = $4, services = $5, scopes = $6, params = $7,
+           secret_fields = $8, status = $9, status_message = $10, checked_at = $11, version = $12,
+           updated_at = $13, updated_by = $14, integration_id = $15, auth_type = $16
+         WHERE tenant_id = $1 AND id = $2",
+        &[
+            &rec.tenant_id,
+            &rec.id,
+            &rec.name,
+            &rec.description,
+            &Json(&rec.services),
+            &Json(&rec.scopes),
+            &Json(&rec.params),
+            &Json(&rec.secret_fields),
+            &rec.status,
+            &rec.status_message,
+            &rec.checked_at.map(ms),
+            &rec.version,
+            &ms(rec.updated_at),
+            &rec.updated_by,
+            &rec.integration_id,
+            &rec.auth_type,
+        ],
+    )
+    .await?;
     put_secrets(tx, &rec.id, &u.put_secrets).await?;
     for field in &u.remove_secrets {
         exec(

@@ -5,7 +5,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
 use hmac::{Hmac, Mac};
@@ -235,4 +235,23 @@ pub async fn all_pages(http: &reqwest::Client, base: &str, path: &str, token: &s
             None => return items,
         }
     }
+}
+
+/// Runs `latchkey ARGS` (an operator command) without any master key in
+/// its environment.
+pub fn latchkey(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_latchkey"))
+        .args(args)
+        .env_remove("LATCHKEY_MASTER_KEY")
+        .output()
+        .unwrap()
+}
+
+/// What a command printed, stdout then stderr.
+pub fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
 }
