@@ -19,7 +19,8 @@ use crate::{FieldError, ServiceRole};
 #[serde(deny_unknown_fields)]
 pub struct JsonRule {
     pub path: String,
-    #[schema(value_type = Object)]
+    /// Any JSON value: `true`, `"ok"`, `1`, an object….
+    #[schema(value_type = Value)]
     pub equals: serde_json::Value,
 }
 

@@ -70,7 +70,7 @@ pub struct IntegrationQuery {
 }
 
 #[utoipa::path(get, path = "/v1/integrations", tag = "catalog", params(IntegrationQuery),
-    responses((status = 200, body = ListOf<IntegrationSummary>), (status = 401, body = Problem)),
+    responses((status = 200, body = ListOf<IntegrationSummary>), (status = 400, body = Problem), (status = 401, body = Problem)),
     security(("bearer" = [])))]
 pub async fn list_integrations(
     State(app): State<Arc<App>>,

@@ -254,6 +254,7 @@ pub struct CredentialQuery {
     pub auth_type: Option<String>,
     pub status: Option<String>,
     /// 1 to 200; default 50.
+    #[param(minimum = 1, maximum = 200)]
     pub limit: Option<usize>,
     pub cursor: Option<String>,
 }
@@ -488,6 +489,7 @@ impl From<storage::UserMapping> for UserMappingOut {
 #[into_params(parameter_in = Query)]
 pub struct MappingQuery {
     /// 1 to 200; default 50.
+    #[param(minimum = 1, maximum = 200)]
     pub limit: Option<usize>,
     pub cursor: Option<String>,
 }

@@ -57,6 +57,7 @@ pub struct EventQuery {
     pub event_type: Option<String>,
     pub user_id: Option<String>,
     /// 1 to 200; default 50.
+    #[param(minimum = 1, maximum = 200)]
     pub limit: Option<usize>,
     pub cursor: Option<String>,
 }

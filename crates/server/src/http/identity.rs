@@ -20,6 +20,7 @@ use crate::app::{encode_cursor, App, PageParams, Principal};
 #[into_params(parameter_in = Query)]
 pub struct PageQuery {
     /// 1 to 200; default 50.
+    #[param(minimum = 1, maximum = 200)]
     pub limit: Option<usize>,
     pub cursor: Option<String>,
 }

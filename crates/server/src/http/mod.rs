@@ -72,7 +72,8 @@ impl Modify for BearerAuth {
     }
 }
 
-/// The API routes and the OpenAPI document describing exactly them.
+/// The API routes and the OpenAPI document describing exactly them (served
+/// after [`conform`]).
 pub fn api() -> (Router<Arc<App>>, utoipa::openapi::OpenApi) {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(
@@ -112,9 +113,90 @@ pub fn api() -> (Router<Arc<App>>, utoipa::openapi::OpenApi) {
         .split_for_parts()
 }
 
+/// Makes the document say what the handlers really send, where the route
+/// declarations cannot say it one by one:
+/// - every error is a `Problem`, sent as `application/problem+json`;
+/// - every operation with a JSON body answers 415 when it is not JSON;
+/// - a schema that is a part of an `allOf` (a serde `flatten`, or the fields
+///   of an internally tagged variant next to its `kind`) cannot forbid other
+///   properties: the whole object always has some (`deny_unknown_fields`
+///   applies to requests, not to these composed responses).
+fn conform(spec: &utoipa::openapi::OpenApi) -> serde_json::Value {
+    const PROBLEM: &str = "#/components/schemas/Problem";
+    let mut doc = serde_json::to_value(spec).expect("the document serializes");
+    let problem = serde_json::json!({ "schema": { "$ref": PROBLEM } });
+    if let Some(paths) = doc.get_mut("paths").and_then(|p| p.as_object_mut()) {
+        for item in paths.values_mut().filter_map(|i| i.as_object_mut()) {
+            for op in item.values_mut().filter_map(|o| o.as_object_mut()) {
+                let has_json_body = op
+                    .get("requestBody")
+                    .and_then(|b| b.pointer("/content/application~1json"))
+                    .is_some();
+                let Some(responses) = op.get_mut("responses").and_then(|r| r.as_object_mut())
+                else {
+                    continue;
+                };
+                for res in responses.values_mut() {
+                    let Some(content) = res.get_mut("content").and_then(|c| c.as_object_mut())
+                    else {
+                        continue;
+                    };
+                    let is_problem = content
+                        .get("application/json")
+                        .and_then(|c| c.pointer("/schema/$ref"))
+                        .and_then(|r| r.as_str())
+                        == Some(PROBLEM);
+                    if is_problem {
+                        let body = content.remove("application/json").expect("checked");
+                        content.insert("application/problem+json".into(), body);
+                    }
+                }
+                if has_json_body && !responses.contains_key("415") {
+                    responses.insert(
+                        "415".into(),
+                        serde_json::json!({
+                            "description": "The body is not sent as application/json",
+                            "content": { "application/problem+json": problem.clone() },
+                        }),
+                    );
+                }
+            }
+        }
+    }
+    let mut in_all_of = std::collections::BTreeSet::new();
+    all_of_refs(&doc, &mut in_all_of);
+    for name in in_all_of {
+        if let Some(schema) = doc
+            .pointer_mut(&format!("/components/schemas/{name}"))
+            .and_then(|s| s.as_object_mut())
+        {
+            schema.remove("additionalProperties");
+        }
+    }
+    doc
+}
+
+/// The component names `$ref`erenced directly by an `allOf` anywhere in `v`.
+fn all_of_refs(v: &serde_json::Value, out: &mut std::collections::BTreeSet<String>) {
+    match v {
+        serde_json::Value::Object(map) => {
+            if let Some(parts) = map.get("allOf").and_then(|a| a.as_array()) {
+                for r in parts.iter().filter_map(|p| p.get("$ref")?.as_str()) {
+                    if let Some(name) = r.strip_prefix("#/components/schemas/") {
+                        out.insert(name.to_string());
+                    }
+                }
+            }
+            map.values().for_each(|v| all_of_refs(v, out));
+        }
+        serde_json::Value::Array(items) => items.iter().for_each(|v| all_of_refs(v, out)),
+        _ => {}
+    }
+}
+
 pub fn router(app: Arc<App>) -> Router {
     let (api, openapi) = api();
-    let spec = Arc::new(openapi);
+    let spec = Arc::new(conform(&openapi));
     Router::new()
         .merge(api)
         .route(
