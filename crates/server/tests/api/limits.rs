@@ -89,7 +89,7 @@ async fn repeated_bad_tokens_and_sign_ins_from_one_address_get_429_with_retry_af
 
 #[tokio::test]
 async fn a_flood_to_one_credential_does_not_starve_another() {
-    let app = spawn_app_configured(|c| c.ingress_limit = 20).await;
+    let app = spawn_app_configured(|c| c.ingress_limit = 5).await;
     let flooded = app.create(&stripe("Flooded")).await["id"]
         .as_str()
         .unwrap()
