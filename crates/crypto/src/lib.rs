@@ -14,6 +14,7 @@ use std::fmt;
 use std::fs;
 use std::io::Write;
 use std::path::Path;
+use std::sync::Arc;
 
 use base64::{engine::general_purpose::STANDARD, Engine};
 use chacha20poly1305::{
@@ -187,43 +188,8 @@ impl MasterKey {
         Ok(MasterKey::from_bytes(bytes))
     }
 
-    /// The key from `env_value` if given, else from the key file, creating the
-    /// file (mode 0600) with a fresh key when it does not exist.
-    pub fn load_or_create(
-        env_value: Option<&SecretString>,
-        key_file: &Path,
-    ) -> Result<(MasterKey, KeySource), CryptoError> {
-        if let Some(v) = env_value {
-            let key = MasterKey::from_base64(v.expose_secret())
-                .map_err(|e| CryptoError::MasterKey(format!("LATCHKEY_MASTER_KEY {e}")))?;
-            return Ok((key, KeySource::Environment));
-        }
-        match fs::read_to_string(key_file) {
-            Ok(text) => {
-                let text = Zeroizing::new(text);
-                let key = MasterKey::from_base64(&text).map_err(|e| {
-                    CryptoError::MasterKey(format!("key file {} {e}", key_file.display()))
-                })?;
-                Ok((key, KeySource::ExistingFile))
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let key = MasterKey::generate()?;
-                write_private_file(key_file, key.to_base64().as_bytes()).map_err(|e| {
-                    CryptoError::MasterKey(format!(
-                        "cannot create key file {}: {e}",
-                        key_file.display()
-                    ))
-                })?;
-                Ok((key, KeySource::CreatedFile))
-            }
-            Err(e) => Err(CryptoError::MasterKey(format!(
-                "cannot read key file {}: {e}",
-                key_file.display()
-            ))),
-        }
-    }
-
-    fn to_base64(&self) -> Zeroizing<String> {
+    /// The key in base64, as `LATCHKEY_MASTER_KEY` takes it.
+    pub fn to_base64(&self) -> Zeroizing<String> {
         Zeroizing::new(STANDARD.encode(self.key.expose_secret()))
     }
 
@@ -257,6 +223,23 @@ impl MasterKey {
         Ok((dek, wrapped))
     }
 
+    /// Moves a wrapped data key from this key to `to`: the data key itself
+    /// (and so every secret it sealed) stays the same.
+    pub fn rewrap_data_key(
+        &self,
+        wrapped: &[u8],
+        tenant: &str,
+        credential: &str,
+        to: &MasterKey,
+    ) -> Result<Vec<u8>, CryptoError> {
+        let dek = self.unwrap_data_key(wrapped, tenant, credential)?;
+        seal_with(
+            to.key.expose_secret(),
+            dek.0.expose_secret(),
+            &Aad::DataKey { tenant, credential },
+        )
+    }
+
     /// Opens a wrapped data key.
     pub fn unwrap_data_key(
         &self,
@@ -274,6 +257,136 @@ impl MasterKey {
             .try_into()
             .map_err(|_| CryptoError::Malformed)?;
         Ok(DataKey(SecretBox::new(Box::new(bytes))))
+    }
+}
+
+/// Every master key a server holds: the active one, which wraps new data
+/// keys, and older ones that rows still use while a rotation re-wraps them.
+/// Which key is active is recorded with the data, not here, so that every
+/// replica agrees. Written as one base64 key per line (`#` starts a comment);
+/// `LATCHKEY_MASTER_KEY` takes the same keys separated by commas.
+#[derive(Debug, Clone, Default)]
+pub struct KeyRing {
+    keys: Vec<Arc<MasterKey>>,
+}
+
+impl KeyRing {
+    pub fn new(keys: Vec<Arc<MasterKey>>) -> KeyRing {
+        let mut ring = KeyRing::default();
+        for k in keys {
+            ring = ring.with(k);
+        }
+        ring
+    }
+
+    /// Parses a key file or the environment variable's value.
+    pub fn parse(text: &str) -> Result<KeyRing, CryptoError> {
+        let mut keys = Vec::new();
+        for (n, line) in text.lines().enumerate() {
+            let line = line.split('#').next().unwrap_or("");
+            for part in line.split([',', ' ', '\t']).filter(|p| !p.is_empty()) {
+                let key = MasterKey::from_base64(part).map_err(|e| match e {
+                    CryptoError::MasterKey(m) => CryptoError::MasterKey(format!("line {}: {m}", n + 1)),
+                    other => other,
+                })?;
+                keys.push(Arc::new(key));
+            }
+        }
+        if keys.is_empty() {
+            return Err(CryptoError::MasterKey("holds no key".into()));
+        }
+        Ok(KeyRing::new(keys))
+    }
+
+    /// The keys from `env_value` if given, else from the key file, creating
+    /// the file (mode 0600) with one fresh key when it does not exist.
+    pub fn load_or_create(
+        env_value: Option<&SecretString>,
+        key_file: &Path,
+    ) -> Result<(KeyRing, KeySource), CryptoError> {
+        if let Some(v) = env_value {
+            let ring = KeyRing::parse(v.expose_secret())
+                .map_err(|e| CryptoError::MasterKey(format!("LATCHKEY_MASTER_KEY {e}")))?;
+            return Ok((ring, KeySource::Environment));
+        }
+        match KeyRing::read_file(key_file)? {
+            Some(ring) => Ok((ring, KeySource::ExistingFile)),
+            None => {
+                let ring = KeyRing::new(vec![Arc::new(MasterKey::generate()?)]);
+                write_private_file(key_file, ring.to_text().as_bytes()).map_err(|e| {
+                    CryptoError::MasterKey(format!(
+                        "cannot create key file {}: {e}",
+                        key_file.display()
+                    ))
+                })?;
+                Ok((ring, KeySource::CreatedFile))
+            }
+        }
+    }
+
+    /// The ring in `key_file`, or `None` when there is no such file.
+    pub fn read_file(key_file: &Path) -> Result<Option<KeyRing>, CryptoError> {
+        match fs::read_to_string(key_file) {
+            Ok(text) => {
+                let text = Zeroizing::new(text);
+                KeyRing::parse(&text).map(Some).map_err(|e| {
+                    CryptoError::MasterKey(format!("key file {} {e}", key_file.display()))
+                })
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(CryptoError::MasterKey(format!(
+                "cannot read key file {}: {e}",
+                key_file.display()
+            ))),
+        }
+    }
+
+    /// Replaces `key_file` with this ring, atomically: a new private file
+    /// is written and synced beside it, then renamed over it.
+    pub fn write_file(&self, key_file: &Path) -> std::io::Result<()> {
+        let tmp = key_file.with_extension("key.new");
+        let _ = fs::remove_file(&tmp);
+        write_private_file(&tmp, self.to_text().as_bytes())?;
+        fs::rename(&tmp, key_file)?;
+        if let Some(dir) = key_file.parent() {
+            fs::File::open(dir)?.sync_all()?;
+        }
+        Ok(())
+    }
+
+    fn to_text(&self) -> Zeroizing<String> {
+        let mut out = Zeroizing::new(String::new());
+        for (i, k) in self.keys.iter().enumerate() {
+            if i > 0 {
+                out.push('\n');
+            }
+            out.push_str(&k.to_base64());
+        }
+        out
+    }
+
+    pub fn keys(&self) -> &[Arc<MasterKey>] {
+        &self.keys
+    }
+
+    pub fn get(&self, id: &str) -> Option<&Arc<MasterKey>> {
+        self.keys.iter().find(|k| k.id() == id)
+    }
+
+    /// This ring with `key` added (once).
+    pub fn with(&self, key: Arc<MasterKey>) -> KeyRing {
+        let mut keys = self.keys.clone();
+        if !keys.iter().any(|k| k.id() == key.id()) {
+            keys.push(key);
+        }
+        KeyRing { keys }
+    }
+
+    /// This ring without the key `id`.
+    pub fn without(&self, id: &str) -> KeyRing {
+        KeyRing {
+            keys: self.keys.iter().filter(|k| k.id() != id).cloned().collect(),
+        }
     }
 }
 
@@ -430,23 +543,61 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("master.key");
-        let (k1, src1) = MasterKey::load_or_create(None, &path).unwrap();
+        let (r1, src1) = KeyRing::load_or_create(None, &path).unwrap();
         assert_eq!(src1, KeySource::CreatedFile);
+        assert_eq!(r1.keys().len(), 1);
         assert_eq!(
             fs::metadata(&path).unwrap().permissions().mode() & 0o777,
             0o600
         );
-        let (k2, src2) = MasterKey::load_or_create(None, &path).unwrap();
+        let (r2, src2) = KeyRing::load_or_create(None, &path).unwrap();
         assert_eq!(src2, KeySource::ExistingFile);
-        assert_eq!(k1.id(), k2.id());
+        assert_eq!(r1.keys()[0].id(), r2.keys()[0].id());
         let env = s(&STANDARD.encode([7u8; 32]));
-        let (k3, src3) = MasterKey::load_or_create(Some(&env), &path).unwrap();
+        let (r3, src3) = KeyRing::load_or_create(Some(&env), &path).unwrap();
         assert_eq!(src3, KeySource::Environment);
-        assert_ne!(k3.id(), k1.id());
+        assert_ne!(r3.keys()[0].id(), r1.keys()[0].id());
         assert!(MasterKey::from_base64("c2hvcnQ=")
             .unwrap_err()
             .to_string()
             .contains("32 bytes"));
+    }
+
+    #[test]
+    fn a_ring_holds_several_keys_and_is_rewritten_atomically() {
+        use std::os::unix::fs::PermissionsExt;
+        let (a, b) = (STANDARD.encode([1u8; 32]), STANDARD.encode([2u8; 32]));
+        let ring = KeyRing::parse(&format!("# rotated\n{a}\n\n{b} # new\n{a}\n")).unwrap();
+        assert_eq!(ring.keys().len(), 2, "a repeated key counts once");
+        let env = KeyRing::parse(&format!("{a},{b}")).unwrap();
+        assert_eq!(env.keys()[1].id(), ring.keys()[1].id());
+        let err = KeyRing::parse(&format!("{a}\nnot-base64")).unwrap_err().to_string();
+        assert!(err.contains("line 2"), "{err}");
+        assert!(KeyRing::parse("# nothing\n").is_err());
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("master.key");
+        ring.write_file(&path).unwrap();
+        ring.without(ring.keys()[0].id()).write_file(&path).unwrap();
+        let back = KeyRing::read_file(&path).unwrap().unwrap();
+        assert_eq!(back.keys().len(), 1);
+        assert_eq!(back.keys()[0].id(), ring.keys()[1].id());
+        assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1, "no temporary file left");
+        assert!(KeyRing::read_file(&dir.path().join("none")).unwrap().is_none());
+    }
+
+    #[test]
+    fn a_rewrapped_data_key_opens_the_same_secrets_under_the_new_key_only() {
+        let (old, new) = (MasterKey::generate().unwrap(), MasterKey::generate().unwrap());
+        let (dek, wrapped) = old.new_data_key("t", "c").unwrap();
+        let sealed = dek.seal("t", "c", "api_key", &s("sk_value")).unwrap();
+        let moved = old.rewrap_data_key(&wrapped, "t", "c", &new).unwrap();
+        assert!(old.unwrap_data_key(&moved, "t", "c").is_err());
+        let back = new.unwrap_data_key(&moved, "t", "c").unwrap();
+        assert_eq!(back.open("t", "c", "api_key", &sealed).unwrap().expose_secret(), "sk_value");
+        assert!(new.rewrap_data_key(&wrapped, "t", "c", &old).is_err(), "only the wrapping key can move it");
+        assert!(old.rewrap_data_key(&wrapped, "t", "other", &new).is_err());
     }
 
     #[test]

@@ -77,6 +77,13 @@ pub enum ClientCommand {
         #[command(subcommand)]
         command: TenantsCommand,
     },
+    /// Master keys: status and rotation (admin of the operator tenant).
+    Keys {
+        #[command(flatten)]
+        conn: Connection,
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
 }
 
 /// Options every client command takes. The token is read from
@@ -272,6 +279,32 @@ pub enum TenantsCommand {
     List,
 }
 
+#[derive(Subcommand)]
+pub enum KeysCommand {
+    /// Every master key the data knows, how many credentials each wraps,
+    /// and the progress of a rotation.
+    Status,
+    /// Make a new master key active. The server re-wraps every data key with
+    /// it while it keeps serving, then retires the old key (and removes it
+    /// from its key file).
+    Rotate {
+        /// Rotate to a key every replica already holds (see `keys generate`);
+        /// without it the server generates one and adds it to its key file.
+        #[arg(long)]
+        to: Option<String>,
+        /// Wait until the old key is retired, showing progress.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Generate a master key without a server: added to --key-file (created
+    /// with mode 0600 if missing), or printed in base64 for
+    /// LATCHKEY_MASTER_KEY (comma-separated with the keys already there).
+    Generate {
+        #[arg(long)]
+        key_file: Option<PathBuf>,
+    },
+}
+
 /// Parses `key=value` (the value may contain `=`).
 fn parse_pair(s: &str) -> Result<(String, String), String> {
     match s.split_once('=') {
@@ -331,6 +364,18 @@ fn execute(c: ClientCommand) -> Result<()> {
             match command {
                 TenantsCommand::Create { name } => create_tenant(&ctx, &name),
                 TenantsCommand::List => list_tenants(&ctx),
+            }
+        }
+        ClientCommand::Keys {
+            command: KeysCommand::Generate { key_file },
+            ..
+        } => generate_key(key_file.as_deref()),
+        ClientCommand::Keys { conn, command } => {
+            let ctx = Ctx::new(&conn)?;
+            match command {
+                KeysCommand::Status => key_status(&ctx),
+                KeysCommand::Rotate { to, wait } => rotate_key(&ctx, to, wait),
+                KeysCommand::Generate { .. } => unreachable!("handled above"),
             }
         }
     }
@@ -1494,6 +1539,110 @@ fn list_tenants(ctx: &Ctx) -> Result<()> {
         }
         println!("{}", render(&t));
     })
+}
+
+#[derive(Deserialize)]
+struct Keys {
+    active: String,
+    keys: Vec<KeyOut>,
+    rotation: Option<Rotation>,
+}
+
+#[derive(Deserialize)]
+struct KeyOut {
+    id: String,
+    state: String,
+    credentials: u64,
+    held_here: bool,
+    created_at: String,
+    retired_at: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct Rotation {
+    from: String,
+    to: String,
+    remaining: u64,
+    done: u64,
+}
+
+fn print_keys(k: &Keys) {
+    let mut t = list_table(&["KEY", "STATE", "CREDENTIALS", "HELD HERE", "CREATED", "RETIRED"]);
+    for key in &k.keys {
+        t.add_row(vec![
+            key.id.clone(),
+            key.state.clone(),
+            key.credentials.to_string(),
+            yes_no(key.held_here).into(),
+            short_time(&key.created_at),
+            key.retired_at.as_deref().map(short_time).unwrap_or_default(),
+        ]);
+    }
+    println!("{}", render(&t));
+    match &k.rotation {
+        Some(r) => println!(
+            "Rotating from {} to {}: {} re-wrapped or new, {} still on the old key.",
+            r.from, r.to, r.done, r.remaining
+        ),
+        None => println!("Active key {}; no rotation in progress.", k.active),
+    }
+}
+
+fn key_status(ctx: &Ctx) -> Result<()> {
+    let status = ctx.api.get(ctx.api.url(&["keys"]))?;
+    ctx.show(status, print_keys)
+}
+
+fn rotate_key(ctx: &Ctx, to: Option<String>, wait: bool) -> Result<()> {
+    let body = match &to {
+        Some(id) => json!({ "to": id }),
+        None => json!({}),
+    };
+    let req = ctx
+        .api
+        .request(Method::POST, ctx.api.url(&["keys", "rotate"]))
+        .json(&body);
+    let mut status = json_body(ctx.api.send(req)?)?;
+    if !ctx.json {
+        let k: Keys = serde_json::from_value(status.clone())?;
+        println!("Key {} is now active; data keys are being re-wrapped with it.", k.active);
+    }
+    while wait {
+        let k: Keys = serde_json::from_value(status.clone())?;
+        let Some(r) = k.rotation else { break };
+        if !ctx.json {
+            eprintln!("  {} re-wrapped or new, {} to go", r.done, r.remaining);
+        }
+        std::thread::sleep(Duration::from_millis(500));
+        status = ctx.api.get(ctx.api.url(&["keys"]))?;
+    }
+    ctx.show(status, |k: &Keys| {
+        if wait {
+            println!("Done: nothing uses the old key any more, and it is retired.");
+        }
+        print_keys(k)
+    })
+}
+
+fn generate_key(key_file: Option<&Path>) -> Result<()> {
+    let key = std::sync::Arc::new(crypto::MasterKey::generate()?);
+    match key_file {
+        Some(file) => {
+            let ring = match crypto::KeyRing::read_file(file)? {
+                Some(ring) => ring.with(key.clone()),
+                None => crypto::KeyRing::new(vec![key.clone()]),
+            };
+            ring.write_file(file)
+                .with_context(|| format!("cannot write {}", file.display()))?;
+            println!("Added master key {} to {}.", key.id(), file.display());
+            println!("Give every replica this key file, restart them, then run `latchkey keys rotate --to {}`.", key.id());
+        }
+        None => {
+            eprintln!("Master key {} (base64 below). Add it to LATCHKEY_MASTER_KEY of every replica, comma-separated, restart them, then run `latchkey keys rotate --to {}`.", key.id(), key.id());
+            println!("{}", key.to_base64().as_str());
+        }
+    }
+    Ok(())
 }
 
 /// Prints a freshly issued token, set apart so it is easy to copy.

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use crypto::MasterKey;
+use crypto::KeyRing;
 use secrecy::SecretString;
 use storage::{PostgresStore, SqliteStore, Store};
 
@@ -97,42 +97,8 @@ pub async fn start(
     prepare_data_dir(&config.data_dir)?;
     let key_file = config.data_dir.join("master.key");
     let store = open_store(&config).await?;
-    let stored_check = store.meta_get(KEY_CHECK).await?;
-    let stored_id = store
-        .meta_get(KEY_ID)
-        .await?
-        .map(|v| String::from_utf8_lossy(&v).into_owned());
-    if stored_check.is_some() && config.master_key.is_none() && !key_file.exists() {
-        bail!(
-            "no master key: the data in {} was sealed with key {}, and neither LATCHKEY_MASTER_KEY nor {} is there. \
-             Restore the key file from your backup or set LATCHKEY_MASTER_KEY.",
-            config.data_dir.display(),
-            stored_id.as_deref().unwrap_or("?"),
-            key_file.display()
-        );
-    }
-    let (kek, key_source) = MasterKey::load_or_create(config.master_key.as_ref(), &key_file)?;
-    match stored_check {
-        Some(check) if !kek.opens_key_check(&check) => bail!(
-            "the master key {} does not match the data in {}, which was sealed with key {}. \
-             Start with the key this data was written with; nothing was changed.",
-            kek.id(),
-            config.data_dir.display(),
-            stored_id.as_deref().unwrap_or("?")
-        ),
-        Some(_) => {}
-        None => {
-            if store.has_credentials().await? {
-                bail!("the database has credentials but no key check; refusing to guess which key sealed them");
-            }
-            store
-                .meta_put_if_absent(KEY_CHECK, kek.seal_key_check()?)
-                .await?;
-            store
-                .meta_put_if_absent(KEY_ID, kek.id().as_bytes().to_vec())
-                .await?;
-        }
-    }
+    let keys = open_keys(&config, &key_file, store.as_ref()).await?;
+    let (kek, key_source) = (keys.0.active(), keys.1);
 
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -144,13 +110,14 @@ pub async fn start(
         .unwrap_or_else(|| format!("http://{addr}"));
     let public_url = public_url.trim_end_matches('/').to_string();
     let key_id = kek.id().to_string();
+    let keys = keys.0;
     let policy =
         services::validate::OutboundPolicy::new(&config.allow_outbound, config.outbound_timeout)
             .map_err(anyhow::Error::msg)?;
     let validator = services::validate::Validator::new(policy).map_err(anyhow::Error::msg)?;
     let mut app = App::new(
         store,
-        kek,
+        keys,
         domain::Catalog::builtin()?,
         public_url.clone(),
         validator,
@@ -172,6 +139,9 @@ pub async fn start(
                 tick.tick().await;
                 app.flush_counters().await;
                 app.ingress_limit.sweep();
+                if let Err(e) = app.maintain_keys().await {
+                    tracing::error!(error = %e, "master key rotation step failed; retrying");
+                }
             }
         }
     });
@@ -199,6 +169,115 @@ pub async fn start(
         ready_in: started.elapsed(),
     };
     Ok((report, serve))
+}
+
+/// Loads the key ring and checks it against the keys the data records: the
+/// ring must hold the active key (which must open its key check) and every
+/// key a rotation is still moving rows away from. On empty data the ring's
+/// first key becomes the active one. Data from before key rotation (one
+/// key check in `meta`) is taken over as it is.
+async fn open_keys(
+    config: &Config,
+    key_file: &Path,
+    store: &dyn Store,
+) -> anyhow::Result<(app::Keys, KeySource)> {
+    let mut recorded = store.list_keys().await?;
+    if recorded.is_empty() {
+        if let Some(check) = store.meta_get(KEY_CHECK).await? {
+            let id = store
+                .meta_get(KEY_ID)
+                .await?
+                .map(|v| String::from_utf8_lossy(&v).into_owned())
+                .unwrap_or_default();
+            recorded = vec![storage::KeyRecord {
+                id,
+                state: storage::KeyState::Active,
+                key_check: check,
+                created_at: chrono::Utc::now(),
+                retired_at: None,
+            }];
+        }
+    }
+    let active_id = recorded
+        .iter()
+        .find(|k| k.state == storage::KeyState::Active)
+        .map(|k| k.id.clone());
+    if active_id.is_some() && config.master_key.is_none() && !key_file.exists() {
+        bail!(
+            "no master key: the data in {} was sealed with key {}, and neither LATCHKEY_MASTER_KEY nor {} is there. \
+             Restore the key file from your backup or set LATCHKEY_MASTER_KEY.",
+            config.data_dir.display(),
+            active_id.as_deref().unwrap_or("?"),
+            key_file.display()
+        );
+    }
+    let (ring, source) = KeyRing::load_or_create(config.master_key.as_ref(), key_file)?;
+    let key_file = (source != KeySource::Environment).then(|| key_file.to_path_buf());
+    let held = || {
+        ring.keys()
+            .iter()
+            .map(|k| k.id())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let Some(active_id) = active_id else {
+        if store.has_credentials().await? {
+            bail!("the database has credentials but no key check; refusing to guess which key sealed them");
+        }
+        let first = ring.keys()[0].clone();
+        let record = storage::KeyRecord {
+            id: first.id().to_string(),
+            state: storage::KeyState::Active,
+            key_check: first.seal_key_check()?,
+            created_at: chrono::Utc::now(),
+            retired_at: None,
+        };
+        if store.add_first_key(record).await? {
+            return Ok((app::Keys::new(ring, first, key_file), source));
+        }
+        // Another replica recorded its key first: check against that.
+        return Box::pin(open_keys(config, key_file.as_deref().unwrap_or(Path::new("")), store))
+            .await
+            .map(|(k, _)| (k, source));
+    };
+    let active_record = recorded
+        .iter()
+        .find(|k| k.id == active_id)
+        .expect("the active key is recorded");
+    let active = match ring.get(&active_id) {
+        Some(k) if k.opens_key_check(&active_record.key_check) => k.clone(),
+        _ => bail!(
+            "the master key {} does not match the data in {}, which was sealed with key {}. \
+             Start with the key this data was written with; nothing was changed.",
+            held(),
+            config.data_dir.display(),
+            active_id
+        ),
+    };
+    if store.list_keys().await?.is_empty() {
+        // Data from before key rotation: record its one key.
+        store.add_first_key(active_record.clone()).await?;
+    }
+    for k in recorded.iter().filter(|k| k.state == storage::KeyState::Draining) {
+        if ring.get(&k.id).is_none() {
+            bail!(
+                "the data still uses master key {} (a rotation to {} is re-wrapping its credentials), \
+                 which is not in the key ring ({}). Add it back to the key file or LATCHKEY_MASTER_KEY; \
+                 it is retired by itself once nothing uses it.",
+                k.id,
+                active_id,
+                held()
+            );
+        }
+    }
+    let mut ring = ring.clone();
+    for k in recorded.iter().filter(|k| k.state == storage::KeyState::Retired) {
+        if ring.get(&k.id).is_some() {
+            tracing::warn!(key = %k.id, "the key ring holds a retired master key; nothing uses it, and it is not loaded");
+            ring = ring.without(&k.id);
+        }
+    }
+    Ok((app::Keys::new(ring, active, key_file), source))
 }
 
 /// The storage `config` names: PostgreSQL for `postgres://` URLs, else the

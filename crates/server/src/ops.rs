@@ -97,10 +97,7 @@ pub async fn copy(from: &Location, to: &Location) -> anyhow::Result<Copied> {
     let rows = storage::snapshot::copy(&*source, &*target)
         .await
         .context("the copy failed and wrote nothing")?;
-    let key_id = target
-        .meta_get(crate::KEY_ID)
-        .await?
-        .map(|v| String::from_utf8_lossy(&v).into_owned());
+    let key_id = active_key_id(&*target).await?;
     Ok(Copied { rows, key_id })
 }
 
@@ -143,10 +140,7 @@ async fn write_backup(source: &dyn Store, partial: &Path, file: &Path) -> anyhow
     let rows = storage::snapshot::copy(source, &target)
         .await
         .context("the backup failed")?;
-    let key_id = target
-        .meta_get(crate::KEY_ID)
-        .await?
-        .map(|v| String::from_utf8_lossy(&v).into_owned());
+    let key_id = active_key_id(&target).await?;
     tokio::task::spawn_blocking(move || target.close())
         .await?
         .context("cannot close the backup file")?;
@@ -179,4 +173,17 @@ pub async fn restore(file: &Path, to: &Location) -> anyhow::Result<Copied> {
         bail!("there is no backup file at {}", file.display());
     }
     copy(&Location::Sqlite(file.to_path_buf()), to).await
+}
+
+/// The fingerprint of the master key that data needs (for the reports):
+/// the active key, or the one key of data from before key rotation.
+async fn active_key_id(store: &dyn Store) -> anyhow::Result<Option<String>> {
+    let keys = store.list_keys().await?;
+    if let Some(k) = keys.iter().find(|k| k.state == storage::KeyState::Active) {
+        return Ok(Some(k.id.clone()));
+    }
+    Ok(store
+        .meta_get(crate::KEY_ID)
+        .await?
+        .map(|v| String::from_utf8_lossy(&v).into_owned()))
 }

@@ -34,6 +34,10 @@ pub enum StoreError {
     /// The record is used by these credentials (ids and names).
     #[error("in use by {} credentials", .0.len())]
     InUse(Vec<(String, String)>),
+    /// The data key was wrapped by a master key that has been retired
+    /// meanwhile; wrap it with the active key and try again.
+    #[error("master key {0} is retired")]
+    KeyRetired(String),
     #[error("storage failure: {0}")]
     Backend(String),
 }
@@ -264,6 +268,66 @@ pub struct SessionRecord {
     pub expires_at: DateTime<Utc>,
 }
 
+/// The state of a master key in the data (see `master_keys`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyState {
+    /// Wraps new data keys. Exactly one key is active.
+    Active,
+    /// Still wraps some data keys; a rotation is moving them to the active key.
+    Draining,
+    /// Wraps nothing and never will again.
+    Retired,
+}
+
+impl KeyState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyState::Active => "active",
+            KeyState::Draining => "draining",
+            KeyState::Retired => "retired",
+        }
+    }
+
+    pub fn parse(s: &str) -> Result<KeyState> {
+        match s {
+            "active" => Ok(KeyState::Active),
+            "draining" => Ok(KeyState::Draining),
+            "retired" => Ok(KeyState::Retired),
+            other => Err(StoreError::Backend(format!("unknown key state {other:?}"))),
+        }
+    }
+}
+
+/// A master key as the data knows it: its fingerprint, never the key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyRecord {
+    pub id: String,
+    pub state: KeyState,
+    /// A value sealed by the key, which only the right key opens.
+    pub key_check: Vec<u8>,
+    pub created_at: DateTime<Utc>,
+    pub retired_at: Option<DateTime<Utc>>,
+}
+
+/// A credential's wrapped data key, as rotation reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WrappedKey {
+    pub tenant_id: String,
+    pub id: String,
+    pub kek_id: String,
+    pub wrapped_dek: Vec<u8>,
+}
+
+/// The same data key wrapped by another master key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rewrap {
+    pub id: String,
+    /// Changed only while the row is still wrapped by this key.
+    pub from_kek: String,
+    pub to_kek: String,
+    pub wrapped_dek: Vec<u8>,
+}
+
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Reads a value of the installation's metadata (e.g. the key check).
@@ -409,6 +473,28 @@ pub trait Store: Send + Sync + 'static {
 
     async fn add_counters(&self, deltas: Vec<CounterDelta>) -> Result<()>;
     async fn counters(&self, credential: &str) -> Result<Vec<CounterDelta>>;
+
+    /// Every master key the data knows, oldest first.
+    async fn list_keys(&self) -> Result<Vec<KeyRecord>>;
+    /// Records the first master key as active, unless any key is recorded
+    /// (another replica may have won the race); true if this one was.
+    async fn add_first_key(&self, key: KeyRecord) -> Result<bool>;
+    /// Starts a rotation in one transaction: `from`, which must be the
+    /// active key with no other key draining, becomes draining and `to`
+    /// becomes active (added, or moved from draining back to active).
+    /// `Conflict` if the keys are not in that state.
+    async fn rotate_key(&self, from: &str, to: KeyRecord, audit: AuditEntry) -> Result<()>;
+    /// How many credentials each master key wraps.
+    async fn key_usage(&self) -> Result<Vec<(String, u64)>>;
+    /// Up to `limit` credentials whose data key `kek_id` wraps.
+    async fn wrapped_keys(&self, kek_id: &str, limit: usize) -> Result<Vec<WrappedKey>>;
+    /// Stores re-wrapped data keys in one transaction, each only where the
+    /// row is still wrapped by its `from_kek`; returns how many changed.
+    /// Versions and audit stay as they are: the credential did not change.
+    async fn rewrap(&self, items: Vec<Rewrap>) -> Result<u64>;
+    /// Retires a draining key if no credential uses it, in one transaction
+    /// that new writes wrapped by that key wait for; true if retired.
+    async fn retire_key(&self, id: &str, audit: AuditEntry) -> Result<bool>;
 
     /// Sends every row of every table ([`snapshot::TABLES`]) to `sink`, read
     /// in one consistent snapshot, then [`snapshot::Chunk::End`]. Stops

@@ -45,6 +45,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
         include_str!("../migrations/postgres/0002_services_events.sql"),
     ),
     (3, include_str!("../migrations/postgres/0003_sessions.sql")),
+    (4, include_str!("../migrations/postgres/0004_master_keys.sql")),
 ];
 
 /// Key of the advisory lock held while migrating ("latchkey" in ASCII).
@@ -360,6 +361,7 @@ async fn insert_credential(
     rec: &CredentialRecord,
     secrets: &[SealedSecret],
 ) -> Result<()> {
+    refuse_retired_key(tx, &rec.kek_id).await?;
     lock_name(tx, NameLock::Credential, &rec.tenant_id, &rec.name).await?;
     name_clash(tx, &rec.tenant_id, &rec.name, &rec.id).await?;
     exec(
@@ -393,6 +395,22 @@ async fn insert_credential(
         )
         .await?;
     put_secrets(tx, &rec.id, secrets).await
+}
+
+/// A data key wrapped by a retired master key must not be stored: nothing
+/// would re-wrap it. The shared row lock makes `retire_key`, which updates
+/// that row first, wait for this transaction (and this one for it).
+async fn refuse_retired_key(tx: &impl GenericClient, kek_id: &str) -> Result<()> {
+    let state = row(
+        tx,
+        "SELECT state FROM master_keys WHERE id = $1 FOR SHARE",
+        &[&kek_id],
+    )
+    .await?;
+    match state.map(|r| r.try_get::<_, String>(0)).transpose().map_err(pg)?.as_deref() {
+        Some("retired") => Err(StoreError::KeyRetired(kek_id.to_string())),
+        _ => Ok(()),
+    }
 }
 
 async fn update_credential(tx: &impl GenericClient, u: &CredentialUpdate) -> Result<()> {
@@ -1513,6 +1531,165 @@ impl Store for PostgresStore {
         )
         .await?;
         Ok(())
+    }
+
+    async fn list_keys(&self) -> Result<Vec<KeyRecord>> {
+        let client = self.client().await?;
+        let rows = rows(
+            &client,
+            "SELECT id, state, key_check, created_at, retired_at FROM master_keys ORDER BY created_at, id",
+            &[],
+        )
+        .await?;
+        let raw = map_rows(&rows, |r| {
+            Ok((
+                r.try_get::<_, String>(0)?,
+                r.try_get::<_, String>(1)?,
+                r.try_get::<_, Vec<u8>>(2)?,
+                r.try_get::<_, DateTime<Utc>>(3)?,
+                r.try_get::<_, Option<DateTime<Utc>>>(4)?,
+            ))
+        })?;
+        raw.into_iter()
+            .map(|(id, state, key_check, created_at, retired_at)| {
+                Ok(KeyRecord {
+                    id,
+                    state: KeyState::parse(&state)?,
+                    key_check,
+                    created_at,
+                    retired_at,
+                })
+            })
+            .collect()
+    }
+
+    async fn add_first_key(&self, key: KeyRecord) -> Result<bool> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg)?;
+        // Replicas starting together on empty data: one of them wins.
+        exec(&tx, "LOCK TABLE master_keys IN EXCLUSIVE MODE", &[]).await?;
+        if row(&tx, "SELECT 1 FROM master_keys LIMIT 1", &[]).await?.is_some() {
+            return Ok(false);
+        }
+        exec(
+            &tx,
+            "INSERT INTO master_keys (id, state, key_check, created_at) VALUES ($1, 'active', $2, $3)",
+            &[&key.id, &key.key_check, &ms(key.created_at)],
+        )
+        .await?;
+        tx.commit().await.map_err(pg)?;
+        Ok(true)
+    }
+
+    async fn rotate_key(&self, from: &str, to: KeyRecord, audit: AuditEntry) -> Result<()> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg)?;
+        exec(&tx, "LOCK TABLE master_keys IN EXCLUSIVE MODE", &[]).await?;
+        let states = rows(&tx, "SELECT id, state FROM master_keys", &[]).await?;
+        let states = map_rows(&states, |r| Ok((r.try_get::<_, String>(0)?, r.try_get::<_, String>(1)?)))?;
+        let state = |id: &str| states.iter().find(|(k, _)| k == id).map(|(_, s)| s.as_str());
+        if states.iter().any(|(_, s)| s == "draining")
+            || from == to.id
+            || state(from) != Some("active")
+            || state(&to.id).is_some()
+        {
+            return Err(StoreError::Conflict);
+        }
+        exec(&tx, "UPDATE master_keys SET state = 'draining' WHERE id = $1", &[&from]).await?;
+        exec(
+            &tx,
+            "INSERT INTO master_keys (id, state, key_check, created_at) VALUES ($1, 'active', $2, $3)",
+            &[&to.id, &to.key_check, &ms(to.created_at)],
+        )
+        .await?;
+        write_audit(&tx, &audit).await?;
+        tx.commit().await.map_err(pg)
+    }
+
+    async fn key_usage(&self) -> Result<Vec<(String, u64)>> {
+        let client = self.client().await?;
+        let rows = rows(
+            &client,
+            "SELECT kek_id, count(*) FROM credentials GROUP BY kek_id ORDER BY kek_id",
+            &[],
+        )
+        .await?;
+        map_rows(&rows, |r| Ok((r.try_get(0)?, r.try_get::<_, i64>(1)? as u64)))
+    }
+
+    async fn wrapped_keys(&self, kek_id: &str, limit: usize) -> Result<Vec<WrappedKey>> {
+        let client = self.client().await?;
+        let rows = rows(
+            &client,
+            "SELECT tenant_id, id, kek_id, wrapped_dek FROM credentials WHERE kek_id = $1 ORDER BY id LIMIT $2",
+            &[&kek_id, &(limit as i64)],
+        )
+        .await?;
+        map_rows(&rows, |r| {
+            Ok(WrappedKey {
+                tenant_id: r.try_get(0)?,
+                id: r.try_get(1)?,
+                kek_id: r.try_get(2)?,
+                wrapped_dek: r.try_get(3)?,
+            })
+        })
+    }
+
+    async fn rewrap(&self, mut items: Vec<Rewrap>) -> Result<u64> {
+        // Rows locked in id order cannot deadlock with another replica's batch.
+        items.sort_by(|a, b| a.id.cmp(&b.id));
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg)?;
+        let mut targets: Vec<&str> = items.iter().map(|i| i.to_kek.as_str()).collect();
+        targets.dedup();
+        for t in targets {
+            refuse_retired_key(&tx, t).await?;
+        }
+        let (ids, from, to, wrapped): (Vec<&str>, Vec<&str>, Vec<&str>, Vec<&[u8]>) = items
+            .iter()
+            .map(|i| (i.id.as_str(), i.from_kek.as_str(), i.to_kek.as_str(), i.wrapped_dek.as_slice()))
+            .fold(Default::default(), |mut acc, (a, b, c, d)| {
+                acc.0.push(a);
+                acc.1.push(b);
+                acc.2.push(c);
+                acc.3.push(d);
+                acc
+            });
+        let n = exec(
+            &tx,
+            "UPDATE credentials AS c SET kek_id = u.to_kek, wrapped_dek = u.wrapped
+             FROM unnest($1::text[], $2::text[], $3::text[], $4::bytea[]) AS u(id, from_kek, to_kek, wrapped)
+             WHERE c.id = u.id AND c.kek_id = u.from_kek",
+            &[&ids, &from, &to, &wrapped],
+        )
+        .await?;
+        tx.commit().await.map_err(pg)?;
+        Ok(n)
+    }
+
+    async fn retire_key(&self, id: &str, audit: AuditEntry) -> Result<bool> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg)?;
+        // The row lock first: writers that checked this key (FOR SHARE) have
+        // committed by the time it is granted, so the count below sees them.
+        let n = exec(
+            &tx,
+            "UPDATE master_keys SET state = 'retired', retired_at = now() WHERE id = $1 AND state = 'draining'",
+            &[&id],
+        )
+        .await?;
+        if n == 0 {
+            return Ok(false);
+        }
+        let used = row(&tx, "SELECT 1 FROM credentials WHERE kek_id = $1 LIMIT 1", &[&id])
+            .await?
+            .is_some();
+        if used {
+            return Ok(false);
+        }
+        write_audit(&tx, &audit).await?;
+        tx.commit().await.map_err(pg)?;
+        Ok(true)
     }
 
     async fn counters(&self, credential: &str) -> Result<Vec<CounterDelta>> {

@@ -74,6 +74,17 @@ pub const TABLES: &[Table] = &[
         order_by: "key",
     },
     Table {
+        name: "master_keys",
+        columns: &[
+            ("id", Text),
+            ("state", Text),
+            ("key_check", Bytes),
+            ("created_at", Time),
+            ("retired_at", OptTime),
+        ],
+        order_by: "created_at, id",
+    },
+    Table {
         name: "tenants",
         columns: &[
             ("id", Text),

@@ -18,6 +18,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/sqlite/0001_init.sql"),
     include_str!("../migrations/sqlite/0002_services_events.sql"),
     include_str!("../migrations/sqlite/0003_sessions.sql"),
+    include_str!("../migrations/sqlite/0004_master_keys.sql"),
 ];
 /// Most jobs one commit takes; bounds a commit's latency under a flood.
 const MAX_BATCH: usize = 512;
@@ -221,6 +222,7 @@ fn insert_credential(
     rec: &CredentialRecord,
     secrets: &[SealedSecret],
 ) -> Result<()> {
+    refuse_retired_key(c, &rec.kek_id)?;
     name_clash(c, &rec.tenant_id, &rec.name, &rec.id)?;
     c.prepare_cached(&format!(
         "INSERT INTO credentials ({CREDENTIAL_COLUMNS}) VALUES
@@ -236,6 +238,23 @@ fn insert_credential(
     })
     .map_err(backend)?;
     put_secrets(c, &rec.id, secrets)
+}
+
+/// A data key wrapped by a retired master key must not be stored: nothing
+/// would re-wrap it. (The single writer orders this against `retire_key`.)
+fn refuse_retired_key(c: &Connection, kek_id: &str) -> Result<()> {
+    let state: Option<String> = c
+        .prepare_cached("SELECT state FROM master_keys WHERE id = ?1")
+        .and_then(|mut s| s.query_row([kek_id], |r| r.get(0)).optional())
+        .map_err(backend)?;
+    match state.as_deref() {
+        Some("retired") => Err(StoreError::KeyRetired(kek_id.to_string())),
+        _ => Ok(()),
+    }
+}
+
+fn key_from_row(r: &Row) -> rusqlite::Result<(String, String, Vec<u8>, i64, Option<i64>)> {
+    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
 }
 
 fn update_credential(c: &Connection, u: &CredentialUpdate) -> Result<()> {
@@ -1134,6 +1153,163 @@ impl Store for SqliteStore {
                     .map_err(backend)?;
             }
             Ok(())
+        })
+        .await
+    }
+
+    async fn list_keys(&self) -> Result<Vec<KeyRecord>> {
+        self.read(|c| {
+            let rows = c
+                .prepare_cached(
+                    "SELECT id, state, key_check, created_at, retired_at FROM master_keys
+                     ORDER BY created_at, id",
+                )
+                .and_then(|mut s| {
+                    s.query_map([], key_from_row)?
+                        .collect::<rusqlite::Result<Vec<_>>>()
+                })
+                .map_err(backend)?;
+            rows.into_iter()
+                .map(|(id, state, key_check, created, retired)| {
+                    Ok(KeyRecord {
+                        id,
+                        state: KeyState::parse(&state)?,
+                        key_check,
+                        created_at: from_ms(created),
+                        retired_at: retired.map(from_ms),
+                    })
+                })
+                .collect()
+        })
+        .await
+    }
+
+    async fn add_first_key(&self, key: KeyRecord) -> Result<bool> {
+        self.write(move |c| {
+            let any: bool = c
+                .query_row("SELECT EXISTS (SELECT 1 FROM master_keys)", [], |r| r.get(0))
+                .map_err(backend)?;
+            if any {
+                return Ok(false);
+            }
+            c.execute(
+                "INSERT INTO master_keys (id, state, key_check, created_at) VALUES (?1, 'active', ?2, ?3)",
+                params![key.id, key.key_check, ms(key.created_at)],
+            )
+            .map_err(backend)?;
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn rotate_key(&self, from: &str, to: KeyRecord, audit: AuditEntry) -> Result<()> {
+        let from = from.to_string();
+        self.write(move |c| {
+            let state = |id: &str| -> Result<Option<String>> {
+                c.query_row("SELECT state FROM master_keys WHERE id = ?1", [id], |r| r.get(0))
+                    .optional()
+                    .map_err(backend)
+            };
+            let draining: bool = c
+                .query_row(
+                    "SELECT EXISTS (SELECT 1 FROM master_keys WHERE state = 'draining')",
+                    [],
+                    |r| r.get(0),
+                )
+                .map_err(backend)?;
+            if draining || from == to.id || state(&from)?.as_deref() != Some("active") || state(&to.id)?.is_some() {
+                return Err(StoreError::Conflict);
+            }
+            c.execute("UPDATE master_keys SET state = 'draining' WHERE id = ?1", [&from])
+                .map_err(backend)?;
+            c.execute(
+                "INSERT INTO master_keys (id, state, key_check, created_at) VALUES (?1, 'active', ?2, ?3)",
+                params![to.id, to.key_check, ms(to.created_at)],
+            )
+            .map_err(backend)?;
+            write_audit(c, &audit)
+        })
+        .await
+    }
+
+    async fn key_usage(&self) -> Result<Vec<(String, u64)>> {
+        self.read(|c| {
+            c.prepare_cached("SELECT kek_id, count(*) FROM credentials GROUP BY kek_id ORDER BY kek_id")
+                .and_then(|mut s| {
+                    s.query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))?
+                        .collect::<rusqlite::Result<Vec<_>>>()
+                })
+                .map_err(backend)
+        })
+        .await
+    }
+
+    async fn wrapped_keys(&self, kek_id: &str, limit: usize) -> Result<Vec<WrappedKey>> {
+        let kek_id = kek_id.to_string();
+        self.read(move |c| {
+            c.prepare_cached(
+                "SELECT tenant_id, id, kek_id, wrapped_dek FROM credentials WHERE kek_id = ?1 LIMIT ?2",
+            )
+            .and_then(|mut s| {
+                s.query_map(params![kek_id, limit as i64], |r| {
+                    Ok(WrappedKey {
+                        tenant_id: r.get(0)?,
+                        id: r.get(1)?,
+                        kek_id: r.get(2)?,
+                        wrapped_dek: r.get(3)?,
+                    })
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()
+            })
+            .map_err(backend)
+        })
+        .await
+    }
+
+    async fn rewrap(&self, items: Vec<Rewrap>) -> Result<u64> {
+        self.write(move |c| {
+            let mut changed = 0;
+            for item in &items {
+                refuse_retired_key(c, &item.to_kek)?;
+                changed += c
+                    .prepare_cached(
+                        "UPDATE credentials SET kek_id = ?3, wrapped_dek = ?4 WHERE id = ?1 AND kek_id = ?2",
+                    )
+                    .and_then(|mut s| {
+                        s.execute(params![item.id, item.from_kek, item.to_kek, item.wrapped_dek])
+                    })
+                    .map_err(backend)? as u64;
+            }
+            Ok(changed)
+        })
+        .await
+    }
+
+    async fn retire_key(&self, id: &str, audit: AuditEntry) -> Result<bool> {
+        let id = id.to_string();
+        self.write(move |c| {
+            let used: bool = c
+                .query_row(
+                    "SELECT EXISTS (SELECT 1 FROM credentials WHERE kek_id = ?1)",
+                    [&id],
+                    |r| r.get(0),
+                )
+                .map_err(backend)?;
+            if used {
+                return Ok(false);
+            }
+            let n = c
+                .execute(
+                    "UPDATE master_keys SET state = 'retired', retired_at = ?2
+                     WHERE id = ?1 AND state = 'draining'",
+                    params![id, ms(Utc::now())],
+                )
+                .map_err(backend)?;
+            if n == 0 {
+                return Ok(false);
+            }
+            write_audit(c, &audit)?;
+            Ok(true)
         })
         .await
     }

@@ -1485,7 +1485,7 @@ async fn postgres_replicas_migrate_once() {
         let idle = PostgresStore::open_unmigrated(&url, Some(&name)).unwrap();
         assert_eq!(
             idle.migration_status().await.unwrap(),
-            [(1, false), (2, false), (3, false)]
+            [(1, false), (2, false), (3, false), (4, false)]
         );
         let mut replicas = JoinSet::new();
         for _ in 0..3 {
@@ -1501,7 +1501,7 @@ async fn postgres_replicas_migrate_once() {
         }
         assert_eq!(
             idle.migration_status().await.unwrap(),
-            [(1, true), (2, true), (3, true)]
+            [(1, true), (2, true), (3, true), (4, true)]
         );
         assert!(idle.migrate().await.unwrap().is_empty());
         let e = PostgresStore::connect_in_schema(&url, "Bad-Name")
@@ -1593,6 +1593,7 @@ async fn fill(s: &Arc<dyn Store>) {
     s.meta_put_if_absent("kek_id", b"kek_1".to_vec())
         .await
         .unwrap();
+    s.add_first_key(key("kek_1", 1)).await.unwrap();
     let mut c = credential("ten_a", "cred_1", "Stripe billing", "stripe");
     c.checked_at = Some(t(9));
     c.status_message = Some("ok".into());
@@ -1781,4 +1782,120 @@ async fn copy_moves_every_row_between_backends_and_refuses_a_used_target() {
     if let Err(e) = outcome {
         std::panic::resume_unwind(e.into_panic());
     }
+}
+
+fn key(id: &str, secs: i64) -> KeyRecord {
+    KeyRecord {
+        id: id.into(),
+        state: KeyState::Active,
+        key_check: vec![9, 9, id.len() as u8],
+        created_at: t(secs),
+        retired_at: None,
+    }
+}
+
+fn rewrap_of(w: &WrappedKey, to: &str) -> Rewrap {
+    Rewrap {
+        id: w.id.clone(),
+        from_kek: w.kek_id.clone(),
+        to_kek: to.into(),
+        wrapped_dek: vec![7, 7, 7],
+    }
+}
+
+#[tokio::test]
+async fn master_key_rotation_states() {
+    each_backend(|s| async move {
+        two_tenants(&s).await;
+        assert!(s.list_keys().await.unwrap().is_empty());
+        assert!(s.add_first_key(key("kek_1", 1)).await.unwrap());
+        assert!(!s.add_first_key(key("kek_x", 1)).await.unwrap(), "only the first");
+        let keys = s.list_keys().await.unwrap();
+        assert_eq!(keys, vec![key("kek_1", 1)]);
+
+        for i in 0..5 {
+            s.insert_credential(
+                credential("ten_a", &format!("cred_{i}"), &format!("c{i}"), "stripe"),
+                vec![secret("api_key", b"sealed")],
+                audit("ten_a", "credential.create"),
+            )
+            .await
+            .unwrap();
+        }
+        assert_eq!(s.key_usage().await.unwrap(), vec![("kek_1".to_string(), 5)]);
+
+        // Only from the active key, to a new one, with nothing draining.
+        for (from, to) in [("kek_2", "kek_3"), ("kek_1", "kek_1")] {
+            assert!(matches!(
+                err(s.rotate_key(from, key(to, 2), audit("ten_a", "keys.rotate")).await),
+                StoreError::Conflict
+            ));
+        }
+        let audits = audit_count(&s, "ten_a").await;
+        s.rotate_key("kek_1", key("kek_2", 2), audit("ten_a", "keys.rotate"))
+            .await
+            .unwrap();
+        assert_eq!(audit_count(&s, "ten_a").await, audits + 1);
+        let states: Vec<(String, KeyState)> = s
+            .list_keys()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|k| (k.id, k.state))
+            .collect();
+        assert_eq!(
+            states,
+            vec![("kek_1".into(), KeyState::Draining), ("kek_2".into(), KeyState::Active)]
+        );
+        assert!(matches!(
+            err(s.rotate_key("kek_2", key("kek_3", 3), audit("ten_a", "keys.rotate")).await),
+            StoreError::Conflict
+        ), "one rotation at a time");
+
+        // Re-wrap in batches; a row is changed only while still on its old key.
+        let first = s.wrapped_keys("kek_1", 3).await.unwrap();
+        assert_eq!(first.len(), 3);
+        assert!(first.iter().all(|w| w.kek_id == "kek_1" && w.wrapped_dek == vec![1, 2, 3, 0, 255]));
+        let batch: Vec<Rewrap> = first.iter().map(|w| rewrap_of(w, "kek_2")).collect();
+        assert_eq!(s.rewrap(batch.clone()).await.unwrap(), 3);
+        assert_eq!(s.rewrap(batch).await.unwrap(), 0, "already moved: no change");
+        let moved = s.get_credential("ten_a", &first[0].id).await.unwrap().unwrap();
+        assert_eq!((moved.kek_id.as_str(), moved.wrapped_dek.clone()), ("kek_2", vec![7, 7, 7]));
+        assert_eq!(moved.version, 1, "re-wrapping is not a change of the credential");
+
+        // Not retired while a row uses it.
+        assert!(!s.retire_key("kek_1", audit("ten_a", "keys.retire")).await.unwrap());
+        let rest = s.wrapped_keys("kek_1", 100).await.unwrap();
+        assert_eq!(rest.len(), 2);
+        s.rewrap(rest.iter().map(|w| rewrap_of(w, "kek_2")).collect())
+            .await
+            .unwrap();
+        assert_eq!(s.key_usage().await.unwrap(), vec![("kek_2".to_string(), 5)]);
+        assert!(!s.retire_key("kek_2", audit("ten_a", "keys.retire")).await.unwrap(), "not the active key");
+        assert!(s.retire_key("kek_1", audit("ten_a", "keys.retire")).await.unwrap());
+        let retired = s.list_keys().await.unwrap().remove(0);
+        assert_eq!(retired.state, KeyState::Retired);
+        assert!(retired.retired_at.is_some());
+
+        // Nothing wrapped by a retired key is written again.
+        let late = credential("ten_a", "cred_late", "late", "stripe");
+        assert!(matches!(
+            err(s.insert_credential(late.clone(), vec![], audit("ten_a", "credential.create")).await),
+            StoreError::KeyRetired(k) if k == "kek_1"
+        ));
+        assert!(matches!(
+            err(s.import_credentials(vec![ImportItem::Insert(late, vec![])], audit("ten_a", "credential.import")).await),
+            StoreError::KeyRetired(_)
+        ));
+        assert!(s.get_credential("ten_a", "cred_late").await.unwrap().is_none());
+        let back = Rewrap { id: "cred_0".into(), from_kek: "kek_2".into(), to_kek: "kek_1".into(), wrapped_dek: vec![1] };
+        assert!(matches!(err(s.rewrap(vec![back]).await), StoreError::KeyRetired(_)));
+        assert_eq!(s.key_usage().await.unwrap(), vec![("kek_2".to_string(), 5)]);
+        // A retired key never comes back.
+        assert!(matches!(
+            err(s.rotate_key("kek_2", key("kek_1", 9), audit("ten_a", "keys.rotate")).await),
+            StoreError::Conflict
+        ));
+    })
+    .await;
 }

@@ -156,11 +156,16 @@ pub fn stripe(name: &str) -> Value {
 
 /// A Stripe event body and its `Stripe-Signature` header, signed now.
 pub fn stripe_delivery(event_id: &str) -> (String, String) {
+    stripe_delivery_signed(STRIPE_WEBHOOK_SECRET, event_id)
+}
+
+/// The same, signed with `secret`.
+pub fn stripe_delivery_signed(secret: &str, event_id: &str) -> (String, String) {
     let body =
         json!({ "id": event_id, "type": "invoice.paid", "data": { "object": { "amount": 1250 } } })
             .to_string();
     let ts = chrono::Utc::now().timestamp();
-    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(STRIPE_WEBHOOK_SECRET.as_bytes()).unwrap();
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
     mac.update(format!("{ts}.{body}").as_bytes());
     let sig = hex::encode(mac.finalize().into_bytes());
     (body, format!("t={ts},v1={sig}"))
@@ -195,7 +200,18 @@ pub async fn deliver(
     credential: &str,
     event_id: &str,
 ) -> Option<String> {
-    let (body, signature) = stripe_delivery(event_id);
+    deliver_signed(client, base, credential, STRIPE_WEBHOOK_SECRET, event_id).await
+}
+
+/// Delivers a Stripe event signed with `secret`; as [`deliver`].
+pub async fn deliver_signed(
+    client: &reqwest::Client,
+    base: &str,
+    credential: &str,
+    secret: &str,
+    event_id: &str,
+) -> Option<String> {
+    let (body, signature) = stripe_delivery_signed(secret, event_id);
     let res = client
         .post(format!("{base}/hooks/{credential}"))
         .header("content-type", "application/json")
@@ -235,6 +251,17 @@ pub async fn all_pages(http: &reqwest::Client, base: &str, path: &str, token: &s
             None => return items,
         }
     }
+}
+
+/// Runs a client command (`latchkey keys …`) against `base` as `token`.
+pub fn latchkey_as(base: &str, token: &str, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_latchkey"))
+        .args(args)
+        .env("LATCHKEY_URL", base)
+        .env("LATCHKEY_TOKEN", token)
+        .env_remove("LATCHKEY_MASTER_KEY")
+        .output()
+        .unwrap()
 }
 
 /// Runs `latchkey ARGS` (an operator command) without any master key in

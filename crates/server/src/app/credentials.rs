@@ -185,7 +185,8 @@ impl App {
             )
         };
         let id = domain::ids::credential();
-        let (dek, wrapped_dek) = self.kek.new_data_key(&p.tenant_id, &id)?;
+        let kek = self.keys.active();
+        let (dek, wrapped_dek) = kek.new_data_key(&p.tenant_id, &id)?;
         let (secrets, secret_fields) = seal_all(&dek, &p.tenant_id, &id, &checked.new_secrets)?;
         let at = now();
         let record = CredentialRecord {
@@ -203,7 +204,7 @@ impl App {
             status_message: Some(status_message),
             checked_at,
             version: 1,
-            kek_id: self.kek.id().into(),
+            kek_id: kek.id().into(),
             wrapped_dek,
             created_at: at,
             created_by: p.token_id.clone(),
@@ -220,17 +221,28 @@ impl App {
                 "secret_fields": record.secret_fields.iter().map(|s| &s.field).collect::<Vec<_>>(),
             }),
         );
-        match self
-            .store
-            .insert_credential(record.clone(), secrets, audit)
-            .await
-        {
-            Err(StoreError::NameTaken(existing_id)) => Err(AppError::NameTaken {
-                name: record.name.clone(),
-                existing_id,
-            }),
-            other => other.map_err(AppError::from),
-        }?;
+        let mut record = record;
+        let mut retried = false;
+        loop {
+            match self
+                .store
+                .insert_credential(record.clone(), secrets.clone(), audit.clone())
+                .await
+            {
+                Err(StoreError::NameTaken(existing_id)) => {
+                    return Err(AppError::NameTaken {
+                        name: record.name.clone(),
+                        existing_id,
+                    })
+                }
+                // A rotation retired the key this server still took for active.
+                Err(StoreError::KeyRetired(_)) if !retried => {
+                    retried = true;
+                    self.rewrap_to_active(&mut record).await?;
+                }
+                other => break other?,
+            }
+        }
         Ok(record)
     }
 
@@ -376,8 +388,8 @@ impl App {
             .map_err(AppError::Validation)?;
 
         let dek = self
-            .kek
-            .unwrap_data_key(&current.wrapped_dek, &p.tenant_id, id)?;
+            .keys
+            .unwrap(&current.kek_id, &current.wrapped_dek, &p.tenant_id, id)?;
         let (put_secrets, mut secret_fields) =
             seal_all(&dek, &p.tenant_id, id, &checked.new_secrets)?;
         secret_fields.extend(
@@ -490,7 +502,9 @@ impl App {
             .get_sealed(tenant, id)
             .await?
             .ok_or(AppError::NotFound("credential"))?;
-        let dek = self.kek.unwrap_data_key(&record.wrapped_dek, tenant, id)?;
+        let dek = self
+            .keys
+            .unwrap(&record.kek_id, &record.wrapped_dek, tenant, id)?;
         sealed
             .into_iter()
             .map(|s| Ok((s.field.clone(), dek.open(tenant, id, &s.field, &s.sealed)?)))
@@ -528,6 +542,27 @@ pub(super) fn services_map(checked: &CheckedDraft) -> BTreeMap<String, String> {
         .iter()
         .map(|(r, s)| (r.as_str().to_string(), s.clone()))
         .collect()
+}
+
+impl App {
+    /// Moves a new record's data key to the active master key, after the key
+    /// it was wrapped by was retired while the record was being written.
+    pub(super) async fn rewrap_to_active(&self, rec: &mut CredentialRecord) -> AppResult<()> {
+        self.sync_keys().await?;
+        let active = self.keys.active();
+        if active.id() == rec.kek_id {
+            return Err(AppError::Internal(anyhow::anyhow!(
+                "the data retired master key {}, and this server holds no newer active key",
+                rec.kek_id
+            )));
+        }
+        let old = self.keys.get(&rec.kek_id).ok_or_else(|| {
+            AppError::Internal(anyhow::anyhow!("master key {} is gone", rec.kek_id))
+        })?;
+        rec.wrapped_dek = old.rewrap_data_key(&rec.wrapped_dek, &rec.tenant_id, &rec.id, &active)?;
+        rec.kek_id = active.id().into();
+        Ok(())
+    }
 }
 
 pub(super) fn seal_all(

@@ -179,9 +179,12 @@ impl App {
                         .get_credential(&p.tenant_id, &id)
                         .await?
                         .ok_or(AppError::NotFound("credential"))?;
-                    let dek = self
-                        .kek
-                        .unwrap_data_key(&current.wrapped_dek, &p.tenant_id, &id)?;
+                    let dek = self.keys.unwrap(
+                        &current.kek_id,
+                        &current.wrapped_dek,
+                        &p.tenant_id,
+                        &id,
+                    )?;
                     let (put_secrets, secret_fields) =
                         seal_all(&dek, &p.tenant_id, &id, &c.new_secrets)?;
                     let remove_secrets = current
@@ -230,7 +233,8 @@ impl App {
                         None => (c.name.clone(), None),
                     };
                     let id = domain::ids::credential();
-                    let (dek, wrapped_dek) = self.kek.new_data_key(&p.tenant_id, &id)?;
+                    let kek = self.keys.active();
+                    let (dek, wrapped_dek) = kek.new_data_key(&p.tenant_id, &id)?;
                     let (secrets, secret_fields) =
                         seal_all(&dek, &p.tenant_id, &id, &c.new_secrets)?;
                     let record = CredentialRecord {
@@ -248,7 +252,7 @@ impl App {
                         status_message: Some(message.clone()),
                         checked_at: None,
                         version: 1,
-                        kek_id: self.kek.id().into(),
+                        kek_id: kek.id().into(),
                         wrapped_dek,
                         created_at: at,
                         created_by: p.token_id.clone(),
@@ -277,7 +281,18 @@ impl App {
                 "credentials": outcome.iter().map(|o| serde_json::json!({ "id": o.id, "action": o.action })).collect::<Vec<_>>(),
             }),
         );
-        match self.store.import_credentials(items, audit).await {
+        let mut items = items;
+        let mut result = self.store.import_credentials(items.clone(), audit.clone()).await;
+        if let Err(storage::StoreError::KeyRetired(_)) = result {
+            // A rotation retired the key this server still took for active.
+            for item in &mut items {
+                if let ImportItem::Insert(rec, _) = item {
+                    self.rewrap_to_active(rec).await?;
+                }
+            }
+            result = self.store.import_credentials(items, audit).await;
+        }
+        match result {
             Err(storage::StoreError::NameTaken(existing_id)) => Err(AppError::Conflict(format!(
                 "A credential with one of these names was created meanwhile ({existing_id}); nothing was imported. Try again."
             ))),

@@ -204,10 +204,9 @@ impl App {
             .ok_or_else(|| rejected(&Rejection::NotAScheme))?;
         let secret = match sealed.iter().find(|s| s.field == "webhook_secret") {
             Some(s) => {
-                let dek = self
-                    .kek
-                    .unwrap_data_key(&record.wrapped_dek, tenant, &record.id)
-                    .map_err(AppError::from)?;
+                let dek =
+                    self.keys
+                        .unwrap(&record.kek_id, &record.wrapped_dek, tenant, &record.id)?;
                 Some(
                     dek.open(tenant, &record.id, &s.field, &s.sealed)
                         .map_err(AppError::from)?,

@@ -11,13 +11,13 @@ mod credentials;
 mod identity;
 mod import;
 mod ingress;
+pub mod keys;
 pub mod limits;
 mod validation;
 
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use crypto::MasterKey;
 use domain::{Catalog, FieldError, Role};
 use storage::{AuditEntry, Store, StoreError};
 
@@ -26,6 +26,7 @@ pub use credentials::*;
 pub use identity::*;
 pub use import::*;
 pub use ingress::*;
+pub use keys::{KeyInfo, KeyStatus, Keys, RotationProgress};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -190,7 +191,8 @@ pub fn now() -> DateTime<Utc> {
 /// Everything a use case needs, shared by every request.
 pub struct App {
     pub store: Arc<dyn Store>,
-    pub kek: MasterKey,
+    /// The master keys this server holds, and the active one.
+    pub keys: Keys,
     pub catalog: Catalog,
     /// Base of the callback URLs, without a trailing slash.
     pub public_url: String,
@@ -211,14 +213,14 @@ pub const DEFAULT_INGRESS_PER_SECOND: u32 = 1000;
 impl App {
     pub fn new(
         store: Arc<dyn Store>,
-        kek: MasterKey,
+        keys: Keys,
         catalog: Catalog,
         public_url: String,
         validator: services::validate::Validator,
     ) -> App {
         App {
             store,
-            kek,
+            keys,
             catalog,
             public_url,
             validator,

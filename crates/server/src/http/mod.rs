@@ -11,6 +11,7 @@ pub mod error;
 pub mod events;
 pub mod identity;
 pub mod ingress;
+pub mod keys;
 pub mod services;
 
 use std::sync::Arc;
@@ -50,7 +51,7 @@ pub struct ListOf<T: ToSchema> {
         (name = "services", description = "Config services: built-in and custom"),
         (name = "events", description = "Received webhooks and action callbacks"),
         (name = "ingress", description = "The URLs providers call"),
-        (name = "identity", description = "Tenants, management tokens and the audit log"),
+        (name = "identity", description = "Tenants, management tokens, the audit log and master keys"),
     )
 )]
 struct ApiDoc;
@@ -110,6 +111,8 @@ pub fn api() -> (Router<Arc<App>>, utoipa::openapi::OpenApi) {
         .routes(routes!(identity::revoke_token))
         .routes(routes!(identity::create_tenant, identity::list_tenants))
         .routes(routes!(identity::list_audit))
+        .routes(routes!(keys::key_status))
+        .routes(routes!(keys::rotate_key))
         .split_for_parts()
 }
 

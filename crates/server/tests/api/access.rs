@@ -87,6 +87,8 @@ const MATRIX: &[(&str, [u16; 6])] = &[
     ("POST /v1/tenants",                                        [401, 401,    403,   403,     201,  403]),
     ("GET /v1/tenants",                                         [401, 401,    403,   403,     200,  403]),
     ("GET /v1/audit",                                           [401, 401,    403,   403,     200,  200]),
+    ("GET /v1/keys",                                            [401, 401,    403,   403,     200,  403]),
+    ("POST /v1/keys/rotate",                                    [401, 401,    403,   403,     202,  403]),
     // Provider-facing, outside /v1: signed by the provider, tokens play no part.
     ("POST /hooks/{id}",                                        [200, 200,    200,   200,     200,  200]),
     ("POST /actions/{id}",                                      [200, 200,    200,   200,     200,  200]),
@@ -474,6 +476,8 @@ impl World {
             }
             "GET /v1/tenants" => Call::to("/v1/tenants"),
             "GET /v1/audit" => Call::to("/v1/audit"),
+            "GET /v1/keys" => Call::to("/v1/keys"),
+            "POST /v1/keys/rotate" => Call::to("/v1/keys/rotate").json(json!({})),
             "POST /hooks/{id}" => self.hook(&n.to_string()),
             "POST /actions/{id}" => {
                 let payload = json!({

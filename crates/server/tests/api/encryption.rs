@@ -96,12 +96,13 @@ async fn a_ciphertext_moved_to_another_credential_fails_to_open() {
     drop(db);
 
     let store = storage::SqliteStore::open(&dir.path().join("latchkey.db")).unwrap();
-    let (kek, _) = crypto::MasterKey::load_or_create(None, &dir.path().join("master.key")).unwrap();
+    let (ring, _) = crypto::KeyRing::load_or_create(None, &dir.path().join("master.key")).unwrap();
+    let keys = server::app::Keys::new(ring.clone(), ring.keys()[0].clone(), None);
     let policy =
         services::validate::OutboundPolicy::new(&[], std::time::Duration::from_secs(1)).unwrap();
     let app = server::App::new(
         Arc::new(store),
-        kek,
+        keys,
         domain::Catalog::builtin().unwrap(),
         String::new(),
         services::validate::Validator::new(policy).unwrap(),

@@ -9,6 +9,7 @@ mod helpers;
 mod identity;
 mod import;
 mod ingress;
+mod keys;
 mod limits;
 mod openapi;
 mod replicas;
