@@ -68,7 +68,7 @@ trap cleanup EXIT
 # --auth-failure-limit 0: Schemathesis sends many requests with missing or bad
 # credentials on purpose; the per-address limit would turn them into 429s.
 # --ingress-limit 0: same for the per-credential delivery bucket.
-"$BIN" serve \
+LATCHKEY_LOG=debug "$BIN" serve \
   --listen 127.0.0.1:0 \
   --data-dir "$WORK/data" \
   --auth-failure-limit 0 \
@@ -95,6 +95,23 @@ if [ -z "$ADDR" ] || [ -z "$TOKEN" ]; then
   exit 1
 fi
 echo "== latchkey (pid $SERVER_PID) at http://$ADDR/v1"
+
+# --- The leak canary ----------------------------------------------------------
+# A credential whose API key and webhook secret are random markers, stored
+# before the run. Schemathesis then reads, lists, changes, exports and deletes
+# what it finds; afterwards neither marker may appear in any response it got
+# (the VCR cassette), the server's log (at debug level) or the data dir.
+CANARY_KEY="sk_test_canary$(od -An -N12 -tx1 /dev/urandom | tr -d ' \n')"
+CANARY_HOOK="whsec_canary$(od -An -N12 -tx1 /dev/urandom | tr -d ' \n')"
+CANARY_STATUS=$(curl -s -o "$WORK/canary.json" -w '%{http_code}' \
+  -H "Authorization: Bearer $TOKEN" -H 'content-type: application/json' \
+  --data "{\"name\":\"Canary\",\"integration\":\"stripe\",\"api_key\":\"$CANARY_KEY\",\"config_params\":[{\"key\":\"webhook_secret\",\"value\":\"$CANARY_HOOK\"}],\"validate\":false}" \
+  "http://$ADDR/v1/credentials")
+if [ "$CANARY_STATUS" != 201 ]; then
+  echo "schemathesis.sh: could not store the canary credential ($CANARY_STATUS)" >&2
+  cat "$WORK/canary.json" >&2
+  exit 1
+fi
 
 # --- Schemathesis -------------------------------------------------------------
 # Every check runs. Narrow exclusions, each with its reason:
@@ -127,7 +144,7 @@ timeout --signal=INT --kill-after=30 "$MAX_TIME" \
   --request-timeout 10 \
   --max-redirects 0 \
   --no-color \
-  --report junit --report-dir "$REPORT" 2>&1 | tee "$WORK/st.log"
+  --report junit,vcr --report-dir "$REPORT" 2>&1 | tee "$WORK/st.log"
 RC=${PIPESTATUS[0]}
 set -e
 END=$(date +%s)
@@ -142,4 +159,16 @@ if grep -q 'panicked' "$WORK/server.err"; then
   grep -A5 'panicked' "$WORK/server.err" >&2
   [ "$RC" -ne 0 ] || RC=1
 fi
+CASSETTES=$(find "$REPORT" -name '*.yaml' | wc -l)
+if [ "$CASSETTES" -eq 0 ]; then
+  echo "schemathesis.sh: no VCR cassette was written; the leak canary cannot look at the responses" >&2
+  [ "$RC" -ne 0 ] || RC=1
+fi
+for marker in "$CANARY_KEY" "$CANARY_HOOK"; do
+  if grep -rlF "$marker" "$REPORT" "$WORK/server.out" "$WORK/server.err" "$WORK/data" 2>/dev/null; then
+    echo "schemathesis.sh: the leak canary shows in the files above" >&2
+    [ "$RC" -ne 0 ] || RC=1
+  fi
+done
+echo "== leak canary: not in $(find "$REPORT" -type f | wc -l) report files, the server log or $(find "$WORK/data" -type f | wc -l) data files"
 exit "$RC"

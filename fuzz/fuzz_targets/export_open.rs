@@ -8,6 +8,8 @@
 //! (m to m % 257 KiB, t to t % 3), which leaves the small costs of the
 //! seeds as they are; out-of-range values are kept, so the range checks are
 //! still reached. Everything else of the file is passed as it is.
+//!
+//! Beyond "never panics": an error's text never shows the passphrase.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -34,9 +36,31 @@ fuzz_target!(|data: &[u8]| {
             file[9..13].copy_from_slice(&(t % 3).to_be_bytes());
         }
     }
-    if let Ok(content) = crypto::export::open(&passphrase, &file) {
-        // Only a file sealed with this passphrase opens: its tag covers the
-        // content, so it is at most the file less header, nonce and tag.
-        assert!(content.len() + 33 + 24 + 16 <= file.len());
+    match crypto::export::open(&passphrase, &file) {
+        Ok(content) => {
+            // Only a file sealed with this passphrase opens: its tag covers the
+            // content, so it is at most the file less header, nonce and tag.
+            assert!(content.len() + 33 + 24 + 16 <= file.len());
+        }
+        Err(e) => {
+            // The leak canary: an error never shows the passphrase. When its
+            // text does contain it, the same file opened with another
+            // passphrase of the same length must give a text containing it
+            // too (the passphrase was only a word of the fixed message).
+            use secrecy::ExposeSecret;
+            let (text, secret) = (e.to_string(), passphrase.expose_secret());
+            if !secret.is_empty() && text.contains(secret) {
+                let filler = ['\u{1}', '\u{2}']
+                    .into_iter()
+                    .find(|c| !secret.contains(*c))
+                    .expect("one of two characters is not in the passphrase");
+                let other = SecretString::from(filler.to_string().repeat(secret.chars().count()));
+                let other_text = crypto::export::open(&other, &file)
+                    .err()
+                    .map(|e| e.to_string())
+                    .unwrap_or_default();
+                assert!(other_text.contains(secret), "an export error shows the passphrase: {text:?}");
+            }
+        }
     }
 });

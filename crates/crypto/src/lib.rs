@@ -286,7 +286,9 @@ impl KeyRing {
             let line = line.split('#').next().unwrap_or("");
             for part in line.split([',', ' ', '\t']).filter(|p| !p.is_empty()) {
                 let key = MasterKey::from_base64(part).map_err(|e| match e {
-                    CryptoError::MasterKey(m) => CryptoError::MasterKey(format!("line {}: {m}", n + 1)),
+                    CryptoError::MasterKey(m) => {
+                        CryptoError::MasterKey(format!("line {}: {m}", n + 1))
+                    }
                     other => other,
                 })?;
                 keys.push(Arc::new(key));
@@ -571,7 +573,9 @@ mod tests {
         assert_eq!(ring.keys().len(), 2, "a repeated key counts once");
         let env = KeyRing::parse(&format!("{a},{b}")).unwrap();
         assert_eq!(env.keys()[1].id(), ring.keys()[1].id());
-        let err = KeyRing::parse(&format!("{a}\nnot-base64")).unwrap_err().to_string();
+        let err = KeyRing::parse(&format!("{a}\nnot-base64"))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("line 2"), "{err}");
         assert!(KeyRing::parse("# nothing\n").is_err());
 
@@ -582,21 +586,41 @@ mod tests {
         let back = KeyRing::read_file(&path).unwrap().unwrap();
         assert_eq!(back.keys().len(), 1);
         assert_eq!(back.keys()[0].id(), ring.keys()[1].id());
-        assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
-        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1, "no temporary file left");
-        assert!(KeyRing::read_file(&dir.path().join("none")).unwrap().is_none());
+        assert_eq!(
+            fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        assert_eq!(
+            fs::read_dir(dir.path()).unwrap().count(),
+            1,
+            "no temporary file left"
+        );
+        assert!(KeyRing::read_file(&dir.path().join("none"))
+            .unwrap()
+            .is_none());
     }
 
     #[test]
     fn a_rewrapped_data_key_opens_the_same_secrets_under_the_new_key_only() {
-        let (old, new) = (MasterKey::generate().unwrap(), MasterKey::generate().unwrap());
+        let (old, new) = (
+            MasterKey::generate().unwrap(),
+            MasterKey::generate().unwrap(),
+        );
         let (dek, wrapped) = old.new_data_key("t", "c").unwrap();
         let sealed = dek.seal("t", "c", "api_key", &s("sk_value")).unwrap();
         let moved = old.rewrap_data_key(&wrapped, "t", "c", &new).unwrap();
         assert!(old.unwrap_data_key(&moved, "t", "c").is_err());
         let back = new.unwrap_data_key(&moved, "t", "c").unwrap();
-        assert_eq!(back.open("t", "c", "api_key", &sealed).unwrap().expose_secret(), "sk_value");
-        assert!(new.rewrap_data_key(&wrapped, "t", "c", &old).is_err(), "only the wrapping key can move it");
+        assert_eq!(
+            back.open("t", "c", "api_key", &sealed)
+                .unwrap()
+                .expose_secret(),
+            "sk_value"
+        );
+        assert!(
+            new.rewrap_data_key(&wrapped, "t", "c", &old).is_err(),
+            "only the wrapping key can move it"
+        );
         assert!(old.rewrap_data_key(&wrapped, "t", "other", &new).is_err());
     }
 

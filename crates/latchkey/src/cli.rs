@@ -1567,7 +1567,14 @@ struct Rotation {
 }
 
 fn print_keys(k: &Keys) {
-    let mut t = list_table(&["KEY", "STATE", "CREDENTIALS", "HELD HERE", "CREATED", "RETIRED"]);
+    let mut t = list_table(&[
+        "KEY",
+        "STATE",
+        "CREDENTIALS",
+        "HELD HERE",
+        "CREATED",
+        "RETIRED",
+    ]);
     for key in &k.keys {
         t.add_row(vec![
             key.id.clone(),
@@ -1575,7 +1582,10 @@ fn print_keys(k: &Keys) {
             key.credentials.to_string(),
             yes_no(key.held_here).into(),
             short_time(&key.created_at),
-            key.retired_at.as_deref().map(short_time).unwrap_or_default(),
+            key.retired_at
+                .as_deref()
+                .map(short_time)
+                .unwrap_or_default(),
         ]);
     }
     println!("{}", render(&t));
@@ -1605,11 +1615,16 @@ fn rotate_key(ctx: &Ctx, to: Option<String>, wait: bool) -> Result<()> {
     let mut status = json_body(ctx.api.send(req)?)?;
     if !ctx.json {
         let k: Keys = serde_json::from_value(status.clone())?;
-        println!("Key {} is now active; data keys are being re-wrapped with it.", k.active);
+        println!(
+            "Key {} is now active; data keys are being re-wrapped with it.",
+            k.active
+        );
     }
-    while wait {
+    loop {
         let k: Keys = serde_json::from_value(status.clone())?;
-        let Some(r) = k.rotation else { break };
+        let Some(r) = k.rotation.filter(|_| wait) else {
+            break;
+        };
         if !ctx.json {
             eprintln!("  {} re-wrapped or new, {} to go", r.done, r.remaining);
         }

@@ -274,7 +274,10 @@ async fn wait_for_single_key(file: &Path) {
 async fn sqlite_rotation_under_load_loses_nothing_and_retires_the_old_key() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let mut server = start(&data, &["--auth-failure-limit", "0", "--ingress-limit", "0"]);
+    let mut server = start(
+        &data,
+        &["--auth-failure-limit", "0", "--ingress-limit", "0"],
+    );
     let token = server.token.clone().unwrap();
     let before = keys_json(&server.base, &token);
     let old = before["active"].as_str().unwrap().to_string();
@@ -294,19 +297,26 @@ async fn sqlite_rotation_under_load_loses_nothing_and_retires_the_old_key() {
     .await;
     let created = load.created.lock().unwrap().clone();
     let total = SEEDED + 1 + created.len();
-    assert!(status["rotation"].is_null(), "--wait returns once retired: {status}");
+    assert!(
+        status["rotation"].is_null(),
+        "--wait returns once retired: {status}"
+    );
     let new = check_retired(&keys_json(&server.base, &token), &old, total);
     let file = data.join("master.key");
     wait_for_single_key(&file).await;
     let audit = all_pages(&client(), &server.base, "/v1/audit", &token).await;
-    let actions: Vec<&str> = audit
-        .iter()
-        .filter_map(|a| a["action"].as_str())
-        .collect();
-    assert!(actions.contains(&"keys.rotate") && actions.contains(&"keys.retire"), "{actions:?}");
+    let actions: Vec<&str> = audit.iter().filter_map(|a| a["action"].as_str()).collect();
+    assert!(
+        actions.contains(&"keys.rotate") && actions.contains(&"keys.retire"),
+        "{actions:?}"
+    );
 
     // A rotation to a key the server does not hold says what to do.
-    let out = latchkey_as(&server.base, &token, &["keys", "rotate", "--to", "kek_0000000000000000"]);
+    let out = latchkey_as(
+        &server.base,
+        &token,
+        &["keys", "rotate", "--to", "kek_0000000000000000"],
+    );
     assert!(!out.status.success());
     assert!(text(&out).contains("does not hold key"), "{}", text(&out));
 
@@ -315,11 +325,24 @@ async fn sqlite_rotation_under_load_loses_nothing_and_retires_the_old_key() {
     server.kill();
     let new_ring = std::fs::read(&file).unwrap();
     std::fs::write(&file, &old_ring).unwrap();
-    let out = latchkey(&["serve", "--listen", "127.0.0.1:0", "--data-dir", data.to_str().unwrap()]);
+    let out = latchkey(&[
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        data.to_str().unwrap(),
+    ]);
     assert!(!out.status.success());
-    assert!(text(&out).contains(&format!("sealed with key {new}")), "{}", text(&out));
+    assert!(
+        text(&out).contains(&format!("sealed with key {new}")),
+        "{}",
+        text(&out)
+    );
     std::fs::write(&file, new_ring).unwrap();
-    let server = start(&data, &["--auth-failure-limit", "0", "--ingress-limit", "0"]);
+    let server = start(
+        &data,
+        &["--auth-failure-limit", "0", "--ingress-limit", "0"],
+    );
     let again = keys_json(&server.base, &token);
     assert_eq!(again["active"], new.as_str());
     let secret = load.secret.lock().unwrap().clone();
@@ -327,6 +350,12 @@ async fn sqlite_rotation_under_load_loses_nothing_and_retires_the_old_key() {
     all.extend(created);
     all.push(changing.clone());
     all_open(&server.base, &all, &changing, &secret).await;
+
+    // The leak canary through rotation: no secret in the clear in the log,
+    // the database, its WAL or either key file's history.
+    let mut files = vec![server.log.clone()];
+    files_under(&data, &mut files);
+    assert_no_secret_in(&files, &[STRIPE_API_KEY, STRIPE_WEBHOOK_SECRET, &secret]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -386,7 +415,10 @@ async fn postgres_replicas_rotate_to_a_distributed_key_under_load() {
     .await;
     let created = load.created.lock().unwrap().clone();
     let total = SEEDED + 1 + created.len();
-    assert!(status["rotation"].is_null(), "--wait returns once retired: {status}");
+    assert!(
+        status["rotation"].is_null(),
+        "--wait returns once retired: {status}"
+    );
     let new = check_retired(&keys_json(&a.base, &token), &ids[0], total);
     assert_eq!(new, ids[1]);
     // Both replicas follow, and both drop the retired key from their files.

@@ -236,9 +236,13 @@ async fn open_keys(
             return Ok((app::Keys::new(ring, first, key_file), source));
         }
         // Another replica recorded its key first: check against that.
-        return Box::pin(open_keys(config, key_file.as_deref().unwrap_or(Path::new("")), store))
-            .await
-            .map(|(k, _)| (k, source));
+        return Box::pin(open_keys(
+            config,
+            key_file.as_deref().unwrap_or(Path::new("")),
+            store,
+        ))
+        .await
+        .map(|(k, _)| (k, source));
     };
     let active_record = recorded
         .iter()
@@ -258,7 +262,10 @@ async fn open_keys(
         // Data from before key rotation: record its one key.
         store.add_first_key(active_record.clone()).await?;
     }
-    for k in recorded.iter().filter(|k| k.state == storage::KeyState::Draining) {
+    for k in recorded
+        .iter()
+        .filter(|k| k.state == storage::KeyState::Draining)
+    {
         if ring.get(&k.id).is_none() {
             bail!(
                 "the data still uses master key {} (a rotation to {} is re-wrapping its credentials), \
@@ -271,7 +278,10 @@ async fn open_keys(
         }
     }
     let mut ring = ring.clone();
-    for k in recorded.iter().filter(|k| k.state == storage::KeyState::Retired) {
+    for k in recorded
+        .iter()
+        .filter(|k| k.state == storage::KeyState::Retired)
+    {
         if ring.get(&k.id).is_some() {
             tracing::warn!(key = %k.id, "the key ring holds a retired master key; nothing uses it, and it is not loaded");
             ring = ring.without(&k.id);

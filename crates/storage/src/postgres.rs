@@ -45,7 +45,10 @@ const MIGRATIONS: &[(i32, &str)] = &[
         include_str!("../migrations/postgres/0002_services_events.sql"),
     ),
     (3, include_str!("../migrations/postgres/0003_sessions.sql")),
-    (4, include_str!("../migrations/postgres/0004_master_keys.sql")),
+    (
+        4,
+        include_str!("../migrations/postgres/0004_master_keys.sql"),
+    ),
 ];
 
 /// Key of the advisory lock held while migrating ("latchkey" in ASCII).
@@ -407,7 +410,12 @@ async fn refuse_retired_key(tx: &impl GenericClient, kek_id: &str) -> Result<()>
         &[&kek_id],
     )
     .await?;
-    match state.map(|r| r.try_get::<_, String>(0)).transpose().map_err(pg)?.as_deref() {
+    match state
+        .map(|r| r.try_get::<_, String>(0))
+        .transpose()
+        .map_err(pg)?
+        .as_deref()
+    {
         Some("retired") => Err(StoreError::KeyRetired(kek_id.to_string())),
         _ => Ok(()),
     }
@@ -1568,7 +1576,10 @@ impl Store for PostgresStore {
         let tx = client.transaction().await.map_err(pg)?;
         // Replicas starting together on empty data: one of them wins.
         exec(&tx, "LOCK TABLE master_keys IN EXCLUSIVE MODE", &[]).await?;
-        if row(&tx, "SELECT 1 FROM master_keys LIMIT 1", &[]).await?.is_some() {
+        if row(&tx, "SELECT 1 FROM master_keys LIMIT 1", &[])
+            .await?
+            .is_some()
+        {
             return Ok(false);
         }
         exec(
@@ -1586,8 +1597,15 @@ impl Store for PostgresStore {
         let tx = client.transaction().await.map_err(pg)?;
         exec(&tx, "LOCK TABLE master_keys IN EXCLUSIVE MODE", &[]).await?;
         let states = rows(&tx, "SELECT id, state FROM master_keys", &[]).await?;
-        let states = map_rows(&states, |r| Ok((r.try_get::<_, String>(0)?, r.try_get::<_, String>(1)?)))?;
-        let state = |id: &str| states.iter().find(|(k, _)| k == id).map(|(_, s)| s.as_str());
+        let states = map_rows(&states, |r| {
+            Ok((r.try_get::<_, String>(0)?, r.try_get::<_, String>(1)?))
+        })?;
+        let state = |id: &str| {
+            states
+                .iter()
+                .find(|(k, _)| k == id)
+                .map(|(_, s)| s.as_str())
+        };
         if states.iter().any(|(_, s)| s == "draining")
             || from == to.id
             || state(from) != Some("active")
@@ -1595,7 +1613,12 @@ impl Store for PostgresStore {
         {
             return Err(StoreError::Conflict);
         }
-        exec(&tx, "UPDATE master_keys SET state = 'draining' WHERE id = $1", &[&from]).await?;
+        exec(
+            &tx,
+            "UPDATE master_keys SET state = 'draining' WHERE id = $1",
+            &[&from],
+        )
+        .await?;
         exec(
             &tx,
             "INSERT INTO master_keys (id, state, key_check, created_at) VALUES ($1, 'active', $2, $3)",
@@ -1614,7 +1637,9 @@ impl Store for PostgresStore {
             &[],
         )
         .await?;
-        map_rows(&rows, |r| Ok((r.try_get(0)?, r.try_get::<_, i64>(1)? as u64)))
+        map_rows(&rows, |r| {
+            Ok((r.try_get(0)?, r.try_get::<_, i64>(1)? as u64))
+        })
     }
 
     async fn wrapped_keys(&self, kek_id: &str, limit: usize) -> Result<Vec<WrappedKey>> {
@@ -1647,7 +1672,14 @@ impl Store for PostgresStore {
         }
         let (ids, from, to, wrapped): (Vec<&str>, Vec<&str>, Vec<&str>, Vec<&[u8]>) = items
             .iter()
-            .map(|i| (i.id.as_str(), i.from_kek.as_str(), i.to_kek.as_str(), i.wrapped_dek.as_slice()))
+            .map(|i| {
+                (
+                    i.id.as_str(),
+                    i.from_kek.as_str(),
+                    i.to_kek.as_str(),
+                    i.wrapped_dek.as_slice(),
+                )
+            })
             .fold(Default::default(), |mut acc, (a, b, c, d)| {
                 acc.0.push(a);
                 acc.1.push(b);
@@ -1681,9 +1713,13 @@ impl Store for PostgresStore {
         if n == 0 {
             return Ok(false);
         }
-        let used = row(&tx, "SELECT 1 FROM credentials WHERE kek_id = $1 LIMIT 1", &[&id])
-            .await?
-            .is_some();
+        let used = row(
+            &tx,
+            "SELECT 1 FROM credentials WHERE kek_id = $1 LIMIT 1",
+            &[&id],
+        )
+        .await?
+        .is_some();
         if used {
             return Ok(false);
         }

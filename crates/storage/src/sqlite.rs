@@ -253,7 +253,10 @@ fn refuse_retired_key(c: &Connection, kek_id: &str) -> Result<()> {
     }
 }
 
-fn key_from_row(r: &Row) -> rusqlite::Result<(String, String, Vec<u8>, i64, Option<i64>)> {
+/// id, state, key check, created and retired (ms).
+type KeyRow = (String, String, Vec<u8>, i64, Option<i64>);
+
+fn key_from_row(r: &Row) -> rusqlite::Result<KeyRow> {
     Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
 }
 
@@ -1234,12 +1237,14 @@ impl Store for SqliteStore {
 
     async fn key_usage(&self) -> Result<Vec<(String, u64)>> {
         self.read(|c| {
-            c.prepare_cached("SELECT kek_id, count(*) FROM credentials GROUP BY kek_id ORDER BY kek_id")
-                .and_then(|mut s| {
-                    s.query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))?
-                        .collect::<rusqlite::Result<Vec<_>>>()
-                })
-                .map_err(backend)
+            c.prepare_cached(
+                "SELECT kek_id, count(*) FROM credentials GROUP BY kek_id ORDER BY kek_id",
+            )
+            .and_then(|mut s| {
+                s.query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))?
+                    .collect::<rusqlite::Result<Vec<_>>>()
+            })
+            .map_err(backend)
         })
         .await
     }

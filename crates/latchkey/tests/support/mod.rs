@@ -142,13 +142,15 @@ pub fn client() -> reqwest::Client {
 }
 
 pub const STRIPE_WEBHOOK_SECRET: &str = "whsec_test_secret_0123456789abcdef";
+/// The API key of every [`stripe`] credential.
+pub const STRIPE_API_KEY: &str = "sk_test_4eC39HqLyjWDarjtT1zdp7dc";
 
 /// A Stripe credential body whose webhook secret is [`STRIPE_WEBHOOK_SECRET`].
 pub fn stripe(name: &str) -> Value {
     json!({
         "name": name,
         "integration": "stripe",
-        "api_key": "sk_test_4eC39HqLyjWDarjtT1zdp7dc",
+        "api_key": STRIPE_API_KEY,
         "config_params": [{ "key": "webhook_secret", "value": STRIPE_WEBHOOK_SECRET }],
         "validate": false,
     })
@@ -281,4 +283,33 @@ pub fn text(out: &Output) -> String {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     )
+}
+
+/// Every file under `dir`, recursively.
+pub fn files_under(dir: &Path, out: &mut Vec<PathBuf>) {
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            files_under(&path, out);
+        } else {
+            out.push(path);
+        }
+    }
+}
+
+/// Fails if any of `secrets` appears, as bytes, in any of `files` (logs,
+/// database files and their WAL, backups): the leak canary's check.
+pub fn assert_no_secret_in(files: &[PathBuf], secrets: &[&str]) {
+    assert!(!files.is_empty(), "no files to scan");
+    for file in files {
+        let bytes = std::fs::read(file).unwrap();
+        for secret in secrets {
+            assert!(
+                !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
+                "a secret ({}…) shows in {}",
+                &secret[..8.min(secret.len())],
+                file.display()
+            );
+        }
+    }
 }

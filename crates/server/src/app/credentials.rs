@@ -559,7 +559,8 @@ impl App {
         let old = self.keys.get(&rec.kek_id).ok_or_else(|| {
             AppError::Internal(anyhow::anyhow!("master key {} is gone", rec.kek_id))
         })?;
-        rec.wrapped_dek = old.rewrap_data_key(&rec.wrapped_dek, &rec.tenant_id, &rec.id, &active)?;
+        rec.wrapped_dek =
+            old.rewrap_data_key(&rec.wrapped_dek, &rec.tenant_id, &rec.id, &active)?;
         rec.kek_id = active.id().into();
         Ok(())
     }

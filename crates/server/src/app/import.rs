@@ -281,8 +281,10 @@ impl App {
                 "credentials": outcome.iter().map(|o| serde_json::json!({ "id": o.id, "action": o.action })).collect::<Vec<_>>(),
             }),
         );
-        let mut items = items;
-        let mut result = self.store.import_credentials(items.clone(), audit.clone()).await;
+        let mut result = self
+            .store
+            .import_credentials(items.clone(), audit.clone())
+            .await;
         if let Err(storage::StoreError::KeyRetired(_)) = result {
             // A rotation retired the key this server still took for active.
             for item in &mut items {

@@ -289,7 +289,11 @@ impl App {
             Err(e) => return Err(e.into()),
         }
         self.keys.write().active = new.clone();
-        tracing::info!(from = current.id(), to = new.id(), "master key rotation started");
+        tracing::info!(
+            from = current.id(),
+            to = new.id(),
+            "master key rotation started"
+        );
         self.read_key_status().await
     }
 
@@ -309,7 +313,8 @@ impl App {
                         self.keys.write().active = k;
                     }
                     _ => {
-                        let mut missing = self.keys.missing.lock().unwrap_or_else(|e| e.into_inner());
+                        let mut missing =
+                            self.keys.missing.lock().unwrap_or_else(|e| e.into_inner());
                         if missing.as_deref() != Some(active.id.as_str()) {
                             tracing::error!(key = %active.id, "the data's active master key is not in this server's key ring: \
                                 credentials re-wrapped by it cannot be opened here; add it to the key file or LATCHKEY_MASTER_KEY and restart");
@@ -374,7 +379,9 @@ impl App {
             match result {
                 Ok(Ok(true)) => tracing::info!("removed the retired master key from the key file"),
                 Ok(Ok(false)) => {}
-                Ok(Err(e)) => tracing::error!(error = %e, "cannot rewrite the key file without the retired key"),
+                Ok(Err(e)) => {
+                    tracing::error!(error = %e, "cannot rewrite the key file without the retired key")
+                }
                 Err(e) => tracing::error!(error = %e, "key file task failed"),
             }
         }
@@ -414,7 +421,10 @@ impl App {
             if rows.is_empty() {
                 let audit = self.system_audit(old.id()).await?;
                 if self.store.retire_key(old.id(), audit).await? {
-                    tracing::info!(key = old.id(), "no credential uses the old master key any more: retired");
+                    tracing::info!(
+                        key = old.id(),
+                        "no credential uses the old master key any more: retired"
+                    );
                     self.let_go(old.id()).await;
                 }
                 break;
@@ -425,7 +435,12 @@ impl App {
                     id: r.id.clone(),
                     from_kek: r.kek_id.clone(),
                     to_kek: active.id().to_string(),
-                    wrapped_dek: old.rewrap_data_key(&r.wrapped_dek, &r.tenant_id, &r.id, &active)?,
+                    wrapped_dek: old.rewrap_data_key(
+                        &r.wrapped_dek,
+                        &r.tenant_id,
+                        &r.id,
+                        &active,
+                    )?,
                 });
             }
             moved += self.store.rewrap(items).await?;

@@ -97,7 +97,7 @@ pub async fn key_status(
 /// Makes a new master key active; the server re-wraps every data key with it
 /// in the background while it keeps serving, then retires the old key.
 #[utoipa::path(post, path = "/v1/keys/rotate", tag = "identity", request_body = RotateKey,
-    responses((status = 202, body = KeysOut), (status = 401, body = Problem), (status = 403, body = Problem),
+    responses((status = 202, body = KeysOut), (status = 400, body = Problem), (status = 401, body = Problem), (status = 403, body = Problem),
               (status = 409, body = Problem), (status = 413, body = Problem), (status = 422, body = Problem)),
     security(("bearer" = [])))]
 pub async fn rotate_key(

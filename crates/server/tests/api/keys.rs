@@ -87,7 +87,10 @@ async fn rotation_rewraps_every_credential_and_retires_the_old_key() {
     assert_eq!(state(&new)["credentials"], 3);
     // Every secret still opens: deliveries verify with each webhook secret.
     for (i, id) in ids.iter().enumerate() {
-        assert_eq!(delivered(&app, id, &format!("evt_{i}")).await, StatusCode::OK);
+        assert_eq!(
+            delivered(&app, id, &format!("evt_{i}")).await,
+            StatusCode::OK
+        );
     }
     // A retired key cannot come back, nor can the active key be rotated to.
     for (to, says) in [(&old, "retired"), (&new, "already active")] {
@@ -98,7 +101,10 @@ async fn rotation_rewraps_every_credential_and_retires_the_old_key() {
     let (status, problem) = rotate(&app, json!({ "to": "kek_00000000000000ff" })).await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(error_fields(&problem), vec!["to"]);
-    assert!(problem.to_string().contains("does not hold key"), "{problem}");
+    assert!(
+        problem.to_string().contains("does not hold key"),
+        "{problem}"
+    );
     let (status, problem) = rotate(&app, json!({ "to": 5 })).await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{problem}");
     assert_eq!(problem["code"], "invalid_body");
@@ -117,7 +123,10 @@ async fn keys_from_the_environment_are_rotated_only_to_a_key_given_to_every_repl
     let (status, problem) = rotate(&app, json!({})).await;
     assert_eq!(status, StatusCode::CONFLICT, "{problem}");
     assert!(
-        problem["detail"].as_str().unwrap().contains("LATCHKEY_MASTER_KEY"),
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("LATCHKEY_MASTER_KEY"),
         "{problem}"
     );
     assert!(keys(&app).await["rotation"].is_null(), "nothing changed");
