@@ -131,3 +131,42 @@ async fn keys_from_the_environment_are_rotated_only_to_a_key_given_to_every_repl
     );
     assert!(keys(&app).await["rotation"].is_null(), "nothing changed");
 }
+
+#[tokio::test]
+async fn data_from_before_key_rotation_is_taken_over_with_its_one_key() {
+    if !on_sqlite() {
+        eprintln!("SQLite-only: this test edits the database file itself");
+        return;
+    }
+    let app = spawn_app().await;
+    let old = keys(&app).await["active"].as_str().unwrap().to_string();
+    let mut body = stripe("Before rotation existed");
+    body["config_params"] = json!([{ "key": "webhook_secret", "value": WEBHOOK_SECRET }]);
+    let id = app.create(&body).await["id"].as_str().unwrap().to_string();
+    let token = app.token.clone();
+    let dir = app.stop().await;
+    // What an installation from before rotation holds: the key check and
+    // fingerprint in `meta` only.
+    let ring = crypto::KeyRing::read_file(&dir.path().join("master.key"))
+        .unwrap()
+        .unwrap();
+    let db = rusqlite::Connection::open(dir.path().join("latchkey.db")).unwrap();
+    db.execute("DELETE FROM master_keys", []).unwrap();
+    db.execute(
+        "INSERT OR REPLACE INTO meta (key, value) VALUES ('kek_id', ?1), ('kek_check', ?2)",
+        rusqlite::params![old.as_bytes(), ring.keys()[0].seal_key_check().unwrap()],
+    )
+    .unwrap();
+    drop(db);
+    let mut app = spawn_app_in(dir, None).await.map_err(|(e, _)| e).unwrap();
+    app.token = token;
+    let k = keys(&app).await;
+    assert_eq!(k["active"], old.as_str());
+    assert_eq!(k["keys"].as_array().unwrap().len(), 1, "{k}");
+    assert_eq!(k["keys"][0]["credentials"], 1);
+    assert_eq!(delivered(&app, &id, "evt_old").await, StatusCode::OK);
+    let (status, _) = rotate(&app, json!({})).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    assert_eq!(settled(&app).await["keys"][1]["credentials"], 1);
+    assert_eq!(delivered(&app, &id, "evt_new").await, StatusCode::OK);
+}
