@@ -1646,7 +1646,7 @@ impl Store for PostgresStore {
         let client = self.client().await?;
         let rows = rows(
             &client,
-            "SELECT tenant_id, id, kek_id, wrapped_dek FROM credentials WHERE kek_id = $1 ORDER BY id LIMIT $2",
+            "SELECT tenant_id, id, kek_id, wrapped_dek FROM credentials WHERE kek_id = $1 LIMIT $2",
             &[&kek_id, &(limit as i64)],
         )
         .await?;
