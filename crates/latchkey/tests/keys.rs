@@ -192,8 +192,9 @@ fn new_load() -> Arc<Load> {
     })
 }
 
-/// Rotates through `base` (with `--to` if given) while the load runs; returns
-/// the final status.
+/// Rotates through the first of `bases` (with `--to` if given) while the load
+/// runs, waiting until the old key is retired; returns how many credentials
+/// exist then.
 async fn rotate_under_load(
     bases: &[String],
     token: &str,
@@ -201,7 +202,7 @@ async fn rotate_under_load(
     seeded: Arc<Vec<String>>,
     changing: &str,
     load: Arc<Load>,
-) -> (Value, Duration) {
+) -> usize {
     let tasks = spawn_load(bases, token, seeded, changing.to_string(), load.clone());
     tokio::time::sleep(Duration::from_millis(600)).await;
     load.rotating.store(true, Ordering::Relaxed);
@@ -241,7 +242,12 @@ async fn rotate_under_load(
         load.during.load(Ordering::Relaxed) >= 10,
         "the server was under load while it re-wrapped"
     );
-    (serde_json::from_slice(&out.stdout).unwrap(), took)
+    let status: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        status["rotation"].is_null(),
+        "--wait returns once retired: {status}"
+    );
+    SEEDED + 1 + load.created.lock().unwrap().len()
 }
 
 fn check_retired(status: &Value, old: &str, total: usize) -> String {
@@ -286,7 +292,7 @@ async fn sqlite_rotation_under_load_loses_nothing_and_retires_the_old_key() {
     let seeded = Arc::new(seeded);
 
     let load = new_load();
-    let (status, _) = rotate_under_load(
+    let total = rotate_under_load(
         std::slice::from_ref(&server.base),
         &token,
         None,
@@ -296,11 +302,6 @@ async fn sqlite_rotation_under_load_loses_nothing_and_retires_the_old_key() {
     )
     .await;
     let created = load.created.lock().unwrap().clone();
-    let total = SEEDED + 1 + created.len();
-    assert!(
-        status["rotation"].is_null(),
-        "--wait returns once retired: {status}"
-    );
     let new = check_retired(&keys_json(&server.base, &token), &old, total);
     let file = data.join("master.key");
     wait_for_single_key(&file).await;
@@ -404,7 +405,7 @@ async fn postgres_replicas_rotate_to_a_distributed_key_under_load() {
     let seeded = Arc::new(seeded);
 
     let load = new_load();
-    let (status, _) = rotate_under_load(
+    let total = rotate_under_load(
         &[a.base.clone(), b.base.clone()],
         &token,
         Some(&ids[1]),
@@ -414,11 +415,6 @@ async fn postgres_replicas_rotate_to_a_distributed_key_under_load() {
     )
     .await;
     let created = load.created.lock().unwrap().clone();
-    let total = SEEDED + 1 + created.len();
-    assert!(
-        status["rotation"].is_null(),
-        "--wait returns once retired: {status}"
-    );
     let new = check_retired(&keys_json(&a.base, &token), &ids[0], total);
     assert_eq!(new, ids[1]);
     // Both replicas follow, and both drop the retired key from their files.
