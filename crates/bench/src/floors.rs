@@ -11,6 +11,73 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
+use crate::load::{drive, request, Plan};
+use crate::{progress, Times};
+
+/// The floors, measured once per run.
+pub struct Floors {
+    pub fsync_per_s: f64,
+    pub aead_per_s: f64,
+    pub http_rate: f64,
+    pub http_p50: f64,
+    pub http_p99: f64,
+    pub http1_p50: f64,
+    pub http1_p99: f64,
+}
+
+/// Measures every floor: fsync in `dir`'s filesystem, AEAD opens, and the
+/// empty handler with `clients` clients and with one.
+pub async fn measure(dir: &Path, clients: usize, times: &Times) -> anyhow::Result<Floors> {
+    // Floors.
+    let fsync_per_s = fsync_rate(dir, times.fsync)?;
+    progress(format!("fsync floor: {fsync_per_s:.0}/s"));
+    let aead_per_s = aead_open_rate(times.aead)?;
+    progress(format!("AEAD floor: {aead_per_s:.0} opens/s on one core"));
+    let floor_server = FloorServer::start()?;
+    let plan = Plan {
+        clients,
+        warmup: times.warmup,
+        measure: times.throughput.min(Duration::from_secs(5)),
+    };
+    let addr = floor_server.addr;
+    let floor_load = drive(
+        addr,
+        plan,
+        1,
+        move |_| (0, request("GET", addr, "/", None, None)),
+        |s, _| s.is_success(),
+    )
+    .await?;
+    let floor_one = drive(
+        addr,
+        Plan {
+            clients: 1,
+            measure: times.single,
+            ..plan
+        },
+        1,
+        move |_| (0, request("GET", addr, "/", None, None)),
+        |s, _| s.is_success(),
+    )
+    .await?;
+    drop(floor_server);
+    let floors = Floors {
+        fsync_per_s,
+        aead_per_s,
+        http_rate: floor_load.rate(),
+        http_p50: floor_load.all().ms(50.0),
+        http_p99: floor_load.all().ms(99.0),
+        http1_p50: floor_one.all().ms(50.0),
+        http1_p99: floor_one.all().ms(99.0),
+    };
+    progress(format!(
+        "HTTP floor: {:.0}/s, p50 {:.2} ms, p99 {:.2} ms ({} clients); one client p50 {:.3} ms, p99 {:.3} ms",
+        floors.http_rate, floors.http_p50, floors.http_p99, clients, floors.http1_p50, floors.http1_p99
+    ));
+
+    Ok(floors)
+}
+
 /// Small appends, each made durable with fdatasync, for `time`: syncs per
 /// second on the filesystem of `dir`.
 pub fn fsync_rate(dir: &Path, time: Duration) -> anyhow::Result<f64> {

@@ -66,13 +66,14 @@
 //! The bench asserts that every answer was the expected one; it does not
 //! fail on a missed budget (the table says so).
 
+mod api;
+mod cpu;
 mod floors;
 mod load;
 mod report;
 mod seed;
 mod server;
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Arc, OnceLock};
@@ -80,8 +81,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand, ValueEnum};
-use load::{contains, drive, request, spread, Conn, Outcome, Plan};
-use report::{thousands, Budget, Row};
+use load::{contains, drive, request, spread, Plan};
+use report::{thousands, Row};
 use serde_json::{json, Value};
 use server::{ServerProcess, Site};
 
@@ -125,6 +126,10 @@ struct RunArgs {
         default_value = "postgres://postgres@127.0.0.1:5432/test"
     )]
     database_url: String,
+    /// Keep the data dir, the server's log and the PostgreSQL schema, for a
+    /// closer look (a profiler, a query plan).
+    #[arg(long)]
+    keep: bool,
     /// A `latchkey` binary to measure instead of building one.
     #[arg(long)]
     latchkey: Option<PathBuf>,
@@ -216,8 +221,12 @@ fn main() -> anyhow::Result<()> {
         .build()?;
     let (rows, facts) = runtime.block_on(bench(&run, &binary))?;
     let table = report::table(&rows);
+    let others = facts["machine"]["cpu_share_used_by_other_processes"]
+        .as_f64()
+        .unwrap_or_default();
     println!(
-        "\nLatchkey benchmark: {} backend, {} credentials stored, {} clients{}\n{table}",
+        "\nLatchkey benchmark: {} backend, {} credentials stored, {} clients{}\n\
+         Other processes{} used {:.0}% of the CPU while it ran.\n{table}",
         run.backend.name(),
         thousands(run.scale as f64),
         run.clients,
@@ -225,7 +234,13 @@ fn main() -> anyhow::Result<()> {
             " (smoke run: figures mean nothing)"
         } else {
             ""
-        }
+        },
+        if run.backend == Backend::Postgres {
+            " (PostgreSQL's among them)"
+        } else {
+            ""
+        },
+        others * 100.0
     );
     let paths = write_json(&run, &rows, facts)?;
     for p in paths {
@@ -305,15 +320,38 @@ async fn bench(run: &RunArgs, binary: &Path) -> anyhow::Result<(Vec<Row>, Value)
         postgres: (run.backend == Backend::Postgres)
             .then(|| (run.database_url.clone(), schema.clone())),
     };
-    let result = measure(run, binary, &site, scratch.path()).await;
-    if run.backend == Backend::Postgres {
+    let before = cpu::Sample::now()?;
+    let load_before = cpu::load_average();
+    let result = measure(run, binary, &site, scratch.path())
+        .await
+        .and_then(|(rows, mut facts)| {
+            let others = before.others_since(&cpu::Sample::now()?);
+            facts["machine"] = json!({
+                "cpu_share_used_by_other_processes": others,
+                "load_average_1min_before": load_before,
+                "load_average_1min_after": cpu::load_average(),
+            });
+            Ok((rows, facts))
+        });
+    if run.keep {
+        let kept = scratch.keep();
+        progress(format!(
+            "kept the data dir and the server's log in {}{}",
+            kept.display(),
+            site.postgres
+                .as_ref()
+                .map(|(_, s)| format!(" and the schema {s}"))
+                .unwrap_or_default()
+        ));
+    } else if run.backend == Backend::Postgres {
         match drop_schema(&run.database_url, &schema).await {
             Ok(()) => progress(format!("dropped schema {schema}")),
             Err(e) => eprintln!("warning: could not drop schema {schema}: {e:#}"),
         }
     }
     if let Err(e) = &result {
-        let log = std::fs::read_to_string(scratch.path().join("latchkey.log")).unwrap_or_default();
+        let log = std::fs::read_to_string(site.data_dir.with_file_name("latchkey.log"))
+            .unwrap_or_default();
         let tail: Vec<&str> = log.lines().rev().take(15).collect();
         eprintln!("the server's log ended with:");
         for line in tail.into_iter().rev() {
@@ -331,17 +369,6 @@ async fn drop_schema(url: &str, schema: &str) -> anyhow::Result<()> {
         .batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
         .await?;
     Ok(())
-}
-
-/// The floors, measured once per run.
-struct Floors {
-    fsync_per_s: f64,
-    aead_per_s: f64,
-    http_rate: f64,
-    http_p50: f64,
-    http_p99: f64,
-    http1_p50: f64,
-    http1_p99: f64,
 }
 
 async fn measure(
@@ -364,59 +391,15 @@ async fn measure(
         progress(format!("PostgreSQL schema {schema}"));
     }
 
-    // Floors.
-    let fsync_per_s = floors::fsync_rate(scratch, times.fsync)?;
-    progress(format!("fsync floor: {fsync_per_s:.0}/s"));
-    let aead_per_s = floors::aead_open_rate(times.aead)?;
-    progress(format!("AEAD floor: {aead_per_s:.0} opens/s on one core"));
-    let floor_server = floors::FloorServer::start()?;
-    let plan = Plan {
-        clients: run.clients,
-        warmup: times.warmup,
-        measure: times.throughput.min(Duration::from_secs(5)),
-    };
-    let addr = floor_server.addr;
-    let floor_load = drive(
-        addr,
-        plan,
-        1,
-        move |_| (0, request("GET", addr, "/", None, None)),
-        |s, _| s.is_success(),
-    )
-    .await?;
-    let floor_one = drive(
-        addr,
-        Plan {
-            clients: 1,
-            measure: times.single,
-            ..plan
-        },
-        1,
-        move |_| (0, request("GET", addr, "/", None, None)),
-        |s, _| s.is_success(),
-    )
-    .await?;
-    drop(floor_server);
-    let floors = Floors {
-        fsync_per_s,
-        aead_per_s,
-        http_rate: floor_load.rate(),
-        http_p50: floor_load.all().ms(50.0),
-        http_p99: floor_load.all().ms(99.0),
-        http1_p50: floor_one.all().ms(50.0),
-        http1_p99: floor_one.all().ms(99.0),
-    };
-    progress(format!(
-        "HTTP floor: {:.0}/s, p50 {:.2} ms, p99 {:.2} ms ({} clients); one client p50 {:.3} ms, p99 {:.3} ms",
-        floors.http_rate, floors.http_p50, floors.http_p99, run.clients, floors.http1_p50, floors.http1_p99
-    ));
+    let floors = floors::measure(scratch, run.clients, &times).await?;
 
     // First start: empty data.
     let first = ServerProcess::start(binary, site, &log).await?;
     tokio::time::sleep(times.settle).await;
     let idle_empty = first.memory()?;
     progress(format!(
-        "first start: ready after {:.0} ms (banner: {} ms), idle RSS {:.1} MB",
+        "first start (pid {}): ready after {:.0} ms (banner: {} ms), idle RSS {:.1} MB",
+        first.pid(),
         first.cold_start.as_secs_f64() * 1000.0,
         first.banner_ready_ms.unwrap_or_default(),
         idle_empty.rss_mb()
@@ -425,7 +408,7 @@ async fn measure(
         .token
         .clone()
         .context("the first start printed no admin token")?;
-    let mut api = Api::connect(first.addr, &token).await?;
+    let mut api = api::Api::connect(first.addr, &token).await?;
     let mut template_ids = Vec::new();
     for (integration, key) in [
         ("stripe", "sk_test_benchtemplate000001"),
@@ -443,7 +426,7 @@ async fn measure(
                 201,
             )
             .await?;
-        template_ids.push(string_field(&created, "id")?);
+        template_ids.push(api::string_field(&created, "id")?);
     }
     let webhook_secret = format!("whsec_{}", hex::encode(crypto::random_bytes(24)?));
     let hook = api
@@ -459,7 +442,7 @@ async fn measure(
             201,
         )
         .await?;
-    let hook_id = string_field(&hook, "id")?;
+    let hook_id = api::string_field(&hook, "id")?;
     let cold_empty = (first.cold_start, first.banner_ready_ms);
     first.stop().await?;
 
@@ -477,13 +460,14 @@ async fn measure(
     tokio::time::sleep(times.settle).await;
     let idle_seeded = server.memory()?;
     progress(format!(
-        "start on {} credentials: ready after {:.0} ms (banner: {} ms), idle RSS {:.1} MB",
+        "start on {} credentials (pid {}): ready after {:.0} ms (banner: {} ms), idle RSS {:.1} MB",
         run.scale,
+        server.pid(),
         server.cold_start.as_secs_f64() * 1000.0,
         server.banner_ready_ms.unwrap_or_default(),
         idle_seeded.rss_mb()
     ));
-    let mut api = Api::connect(server.addr, &token).await?;
+    let mut api = api::Api::connect(server.addr, &token).await?;
     api.check_export(&seeded.sample[seeded.sample.len() / 2])
         .await?;
     progress("the server opened a seeded credential's secret (export)");
@@ -551,6 +535,7 @@ async fn measure(
     progress("scenario 2: get by id");
     let get_load = get(run.clients, times.latency).await?;
     let get_one = get(1, times.single).await?;
+    let after_gets = server.memory()?;
     let search = |clients: usize, measure: Duration| {
         let (token, ids) = (token.clone(), ids.clone());
         drive(
@@ -660,11 +645,11 @@ async fn measure(
         }
     }
 
-    let rows = rows(
+    let rows = report::rows(
         run,
         cores,
         &floors,
-        Measured {
+        report::Measured {
             create: &create,
             get_load: &get_load,
             get_one: &get_one,
@@ -673,11 +658,12 @@ async fn measure(
             ingest: &ingest,
             duplicate: &duplicate,
         },
-        Starts {
+        report::Starts {
             cold_empty,
             cold_seeded,
             idle_empty,
             idle_seeded,
+            after_gets,
             after_reads,
             at_end,
         },
@@ -700,7 +686,7 @@ async fn measure(
 }
 
 /// The kinds of search query, in the order the search scenario cycles them.
-const SEARCHES: [&str; 4] = [
+pub(crate) const SEARCHES: [&str; 4] = [
     "a word in 12.5% of names",
     "a word in 1% of names",
     "one credential's number",
@@ -788,82 +774,6 @@ async fn seed_store(
     Ok(seeded)
 }
 
-/// The management API with the admin token, for set-up steps.
-struct Api {
-    conn: Conn,
-    addr: SocketAddr,
-    token: String,
-}
-
-impl Api {
-    async fn connect(addr: SocketAddr, token: &str) -> anyhow::Result<Api> {
-        Ok(Api {
-            conn: Conn::open(addr).await?,
-            addr,
-            token: token.to_string(),
-        })
-    }
-
-    async fn post(&mut self, path: &str, body: Value) -> anyhow::Result<(u16, bytes::Bytes)> {
-        let req = request(
-            "POST",
-            self.addr,
-            path,
-            Some(&self.token),
-            Some(body.to_string().into_bytes()),
-        );
-        let (status, bytes) = self.conn.send(req).await?;
-        Ok((status.as_u16(), bytes))
-    }
-
-    async fn post_json(&mut self, path: &str, body: Value, expect: u16) -> anyhow::Result<Value> {
-        let (status, bytes) = self.post(path, body).await?;
-        if status != expect {
-            bail!(
-                "POST {path} answered {status}, not {expect}: {}",
-                String::from_utf8_lossy(&bytes)
-            );
-        }
-        Ok(serde_json::from_slice(&bytes)?)
-    }
-
-    /// Has the server export seeded credential `id` (number `n`), which it
-    /// can only do by opening its secret, and checks the file holds the key
-    /// that was sealed.
-    async fn check_export(&mut self, (id, n): &(String, u64)) -> anyhow::Result<()> {
-        let passphrase = hex::encode(crypto::random_bytes(16)?);
-        let (status, file) = self
-            .post(
-                "/v1/credentials/export",
-                json!({ "ids": [id], "passphrase": passphrase }),
-            )
-            .await?;
-        if status != 200 {
-            bail!(
-                "exporting seeded credential {id} answered {status}: {}",
-                String::from_utf8_lossy(&file)
-            );
-        }
-        let plain = crypto::export::open(&passphrase.into(), &file)?;
-        let content: Value = serde_json::from_slice(&plain)?;
-        let key = seed::api_key(*n);
-        let has_key = content["credentials"][0]["config_params"]
-            .as_array()
-            .is_some_and(|ps| ps.iter().any(|p| p["value"].as_str() == Some(key.as_str())));
-        if !has_key {
-            bail!("the export of seeded credential {id} does not hold its API key");
-        }
-        Ok(())
-    }
-}
-
-fn string_field(v: &Value, field: &str) -> anyhow::Result<String> {
-    v[field]
-        .as_str()
-        .map(str::to_string)
-        .with_context(|| format!("no {field} in {v}"))
-}
-
 /// The `Stripe-Signature` header of `body` signed now with `secret`.
 fn stripe_signature(secret: &str, body: &str) -> String {
     use hmac::{Hmac, Mac};
@@ -873,274 +783,6 @@ fn stripe_signature(secret: &str, body: &str) -> String {
     mac.update(format!("{t}.").as_bytes());
     mac.update(body.as_bytes());
     format!("t={t},v1={}", hex::encode(mac.finalize().into_bytes()))
-}
-
-struct Measured<'a> {
-    create: &'a Outcome,
-    get_load: &'a Outcome,
-    get_one: &'a Outcome,
-    search_load: &'a Outcome,
-    search_one: &'a Outcome,
-    ingest: &'a Outcome,
-    duplicate: &'a Outcome,
-}
-
-struct Starts {
-    cold_empty: (Duration, Option<u64>),
-    cold_seeded: (Duration, Option<u64>),
-    idle_empty: server::Memory,
-    idle_seeded: server::Memory,
-    after_reads: server::Memory,
-    at_end: server::Memory,
-}
-
-fn rows(run: &RunArgs, cores: usize, floors: &Floors, m: Measured, s: Starts) -> Vec<Row> {
-    let c = run.clients;
-    let scale = thousands(run.scale as f64);
-    let per_s = |rate: f64| format!("{}/s", thousands(rate));
-    let vs_http_rate = |rate: f64| {
-        format!(
-            "{:.0}% of {}",
-            100.0 * rate / floors.http_rate,
-            per_s(floors.http_rate)
-        )
-    };
-    let vs_fsync = |rate: f64| format!("{:.1} per fsync", rate / floors.fsync_per_s);
-    // Machine time per request (cores / rate) in bare opens.
-    let aead_rate = |rate: f64| format!("{:.0}", cores as f64 * floors.aead_per_s / rate);
-    // The median wait in bare opens.
-    let aead_wait = |p50_ms: f64| format!("{:.0}", p50_ms / 1000.0 * floors.aead_per_s);
-    let throughput = |o: &Outcome| {
-        let l = o.all();
-        json!({ "per_s": o.rate(), "count": o.count(), "seconds": o.elapsed.as_secs_f64(),
-                "p50_ms": l.ms(50.0), "p99_ms": l.ms(99.0), "max_ms": l.ms(100.0) })
-    };
-    let latency_row = |name: String, l: load::Latencies, o: &Outcome, one: bool, budget: Budget| {
-        let (f50, f99) = if one {
-            (floors.http1_p50, floors.http1_p99)
-        } else {
-            (floors.http_p50, floors.http_p99)
-        };
-        let mut r = Row::new(
-            name,
-            format!(
-                "p50 {:.2} ms · p99 {:.2} ms · {}",
-                l.ms(50.0),
-                l.ms(99.0),
-                per_s(l.samples() as f64 / o.elapsed.as_secs_f64())
-            ),
-        )
-        .budget(l.ms(99.0), "ms p99", budget);
-        r.vs_http = Some(format!(
-            "p50 {:.1}×, p99 {:.1}×",
-            l.ms(50.0) / f50,
-            l.ms(99.0) / f99
-        ));
-        r.vs_aead = Some(aead_wait(l.ms(50.0)));
-        r.json = json!({ "p50_ms": l.ms(50.0), "p99_ms": l.ms(99.0), "max_ms": l.ms(100.0),
-                         "count": l.samples(), "clients": if one { 1 } else { c } });
-        r
-    };
-    let get_budget = Budget::AtMost {
-        must: 2.0,
-        aim: Some(1.0),
-    };
-    let search_budget = Budget::AtMost {
-        must: 10.0,
-        aim: Some(5.0),
-    };
-    let mut rows = Vec::new();
-
-    let mut r = Row::new(
-        format!("1. credential create, {c} clients"),
-        format!(
-            "{} · p99 {:.2} ms",
-            per_s(m.create.rate()),
-            m.create.all().ms(99.0)
-        ),
-    )
-    .budget(
-        m.create.rate(),
-        "/s",
-        Budget::AtLeast {
-            must: 5_000.0,
-            aim: Some(10_000.0),
-        },
-    );
-    r.vs_http = Some(vs_http_rate(m.create.rate()));
-    r.vs_fsync = Some(vs_fsync(m.create.rate()));
-    r.vs_aead = Some(aead_rate(m.create.rate()));
-    r.json = throughput(m.create);
-    rows.push(r);
-
-    rows.push(latency_row(
-        format!("2. get by id at {scale}, {c} clients"),
-        m.get_load.all(),
-        m.get_load,
-        false,
-        get_budget,
-    ));
-    rows.push(latency_row(
-        format!("2. get by id at {scale}, 1 client"),
-        m.get_one.all(),
-        m.get_one,
-        true,
-        get_budget,
-    ));
-    rows.push(latency_row(
-        format!("2. search page (50 rows) at {scale}, {c} clients, mixed"),
-        m.search_load.all(),
-        m.search_load,
-        false,
-        search_budget,
-    ));
-    for (k, what) in SEARCHES.iter().enumerate() {
-        rows.push(latency_row(
-            format!("   search: {what}"),
-            m.search_load.kind(k),
-            m.search_load,
-            false,
-            search_budget,
-        ));
-    }
-    rows.push(latency_row(
-        format!("2. search page (50 rows) at {scale}, 1 client, mixed"),
-        m.search_one.all(),
-        m.search_one,
-        true,
-        search_budget,
-    ));
-
-    let mut r = Row::new(
-        format!("3. verified Stripe webhook ingest, {c} clients"),
-        format!(
-            "{} · p50 {:.2} ms · p99 {:.2} ms",
-            per_s(m.ingest.rate()),
-            m.ingest.all().ms(50.0),
-            m.ingest.all().ms(99.0)
-        ),
-    )
-    .budget(
-        m.ingest.rate(),
-        "/s",
-        Budget::AtLeast {
-            must: 20_000.0,
-            aim: Some(40_000.0),
-        },
-    );
-    r.vs_http = Some(vs_http_rate(m.ingest.rate()));
-    r.vs_fsync = Some(vs_fsync(m.ingest.rate()));
-    r.vs_aead = Some(aead_rate(m.ingest.rate()));
-    r.json = throughput(m.ingest);
-    rows.push(r);
-
-    let mut r = Row::new(
-        format!("4. duplicate deliveries, {c} clients"),
-        format!(
-            "{} · p99 {:.2} ms",
-            per_s(m.duplicate.rate()),
-            m.duplicate.all().ms(99.0)
-        ),
-    );
-    r.vs_http = Some(vs_http_rate(m.duplicate.rate()));
-    r.vs_fsync = Some(vs_fsync(m.duplicate.rate()));
-    r.vs_aead = Some(aead_rate(m.duplicate.rate()));
-    r.json = throughput(m.duplicate);
-    rows.push(r);
-
-    let memory = |name: String, mem: server::Memory, budget: Option<Budget>| {
-        let mut r = Row::new(
-            name,
-            format!(
-                "{:.1} MB (peak {:.1} MB)",
-                mem.rss_mb(),
-                mem.peak_kib as f64 / 1024.0
-            ),
-        );
-        if let Some(b) = budget {
-            r = r.budget(mem.rss_mb(), "MB", b);
-        }
-        r.json = json!({ "rss_kib": mem.rss_kib, "peak_kib": mem.peak_kib });
-        r
-    };
-    let at_scale = Budget::AtMost {
-        must: 80.0,
-        aim: None,
-    };
-    rows.push(memory(
-        "5. RSS idle, empty data".into(),
-        s.idle_empty,
-        Some(Budget::AtMost {
-            must: 30.0,
-            aim: Some(20.0),
-        }),
-    ));
-    rows.push(memory(
-        format!("5. RSS idle, {scale} credentials"),
-        s.idle_seeded,
-        Some(at_scale),
-    ));
-    rows.push(memory(
-        format!("5. RSS after scenario 2, {scale} credentials"),
-        s.after_reads,
-        Some(at_scale),
-    ));
-    rows.push(memory("5. RSS after scenarios 3-4".into(), s.at_end, None));
-    let cold_budget = Budget::AtMost {
-        must: 200.0,
-        aim: Some(50.0),
-    };
-    for (name, (took, banner)) in [
-        (
-            "5. cold start to ready, empty data".to_string(),
-            s.cold_empty,
-        ),
-        (
-            format!("5. cold start to ready, {scale} credentials"),
-            s.cold_seeded,
-        ),
-    ] {
-        let ms = took.as_secs_f64() * 1000.0;
-        let mut r = Row::new(
-            name,
-            format!(
-                "{ms:.0} ms (in-process: {} ms)",
-                banner.map_or("?".into(), |b| b.to_string())
-            ),
-        )
-        .budget(ms, "ms", cold_budget);
-        r.json = json!({ "spawn_to_ready_ms": ms, "banner_ready_in_ms": banner });
-        rows.push(r);
-    }
-
-    let mut floor_rows = vec![
-        Row::new(
-            "floor: fsync (128-byte append + fdatasync)",
-            per_s(floors.fsync_per_s),
-        ),
-        Row::new(
-            "floor: AEAD open (XChaCha20-Poly1305, 40 bytes, one core)",
-            per_s(floors.aead_per_s),
-        ),
-        Row::new(
-            format!("floor: empty axum handler, {c} clients"),
-            format!(
-                "{} · p50 {:.2} ms · p99 {:.2} ms",
-                per_s(floors.http_rate),
-                floors.http_p50,
-                floors.http_p99
-            ),
-        ),
-        Row::new(
-            "floor: empty axum handler, 1 client",
-            format!(
-                "p50 {:.3} ms · p99 {:.3} ms",
-                floors.http1_p50, floors.http1_p99
-            ),
-        ),
-    ];
-    rows.append(&mut floor_rows);
-    rows
 }
 
 /// Writes the run as JSON under `<target>/bench/`: one file per run and the
