@@ -1,0 +1,179 @@
+//! The machine's own limits, measured in the same run as the scenarios: the
+//! disk's fsync rate (durability floor), one core's rate of bare AEAD opens
+//! (crypto floor), and an empty axum handler on the server's runtime
+//! settings (HTTP floor). Nothing here knows Latchkey.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+
+use crate::load::{drive, request, Plan};
+use crate::{progress, Times};
+
+/// The floors, measured once per run.
+pub struct Floors {
+    pub fsync_per_s: f64,
+    pub aead_per_s: f64,
+    pub http_rate: f64,
+    pub http_p50: f64,
+    pub http_p99: f64,
+    pub http1_p50: f64,
+    pub http1_p99: f64,
+}
+
+/// Measures every floor: fsync in `dir`'s filesystem, AEAD opens, and the
+/// empty handler with `clients` clients and with one.
+pub async fn measure(dir: &Path, clients: usize, times: &Times) -> anyhow::Result<Floors> {
+    // Floors.
+    let fsync_per_s = fsync_rate(dir, times.fsync)?;
+    progress(format!("fsync floor: {fsync_per_s:.0}/s"));
+    let aead_per_s = aead_open_rate(times.aead)?;
+    progress(format!("AEAD floor: {aead_per_s:.0} opens/s on one core"));
+    let floor_server = FloorServer::start()?;
+    let plan = Plan {
+        clients,
+        warmup: times.warmup,
+        measure: times.throughput.min(Duration::from_secs(5)),
+    };
+    let addr = floor_server.addr;
+    let floor_load = drive(
+        addr,
+        plan,
+        1,
+        move |_| (0, request("GET", addr, "/", None, None)),
+        |s, _| s.is_success(),
+    )
+    .await?;
+    let floor_one = drive(
+        addr,
+        Plan {
+            clients: 1,
+            measure: times.single,
+            ..plan
+        },
+        1,
+        move |_| (0, request("GET", addr, "/", None, None)),
+        |s, _| s.is_success(),
+    )
+    .await?;
+    drop(floor_server);
+    let floors = Floors {
+        fsync_per_s,
+        aead_per_s,
+        http_rate: floor_load.rate(),
+        http_p50: floor_load.all().ms(50.0),
+        http_p99: floor_load.all().ms(99.0),
+        http1_p50: floor_one.all().ms(50.0),
+        http1_p99: floor_one.all().ms(99.0),
+    };
+    progress(format!(
+        "HTTP floor: {:.0}/s, p50 {:.2} ms, p99 {:.2} ms ({} clients); one client p50 {:.3} ms, p99 {:.3} ms",
+        floors.http_rate, floors.http_p50, floors.http_p99, clients, floors.http1_p50, floors.http1_p99
+    ));
+
+    Ok(floors)
+}
+
+/// Small appends, each made durable with fdatasync, for `time`: syncs per
+/// second on the filesystem of `dir`.
+pub fn fsync_rate(dir: &Path, time: Duration) -> anyhow::Result<f64> {
+    let mut file = tempfile::tempfile_in(dir)
+        .with_context(|| format!("cannot create a file in {}", dir.display()))?;
+    let record = [0x5au8; 128];
+    let start = Instant::now();
+    let mut syncs = 0u64;
+    while start.elapsed() < time {
+        file.write_all(&record)?;
+        file.sync_data()?;
+        syncs += 1;
+    }
+    Ok(syncs as f64 / start.elapsed().as_secs_f64())
+}
+
+/// XChaCha20-Poly1305 opens of a 40-byte secret with a credential-sized
+/// associated data, on one core, key schedule done once: opens per second.
+pub fn aead_open_rate(time: Duration) -> anyhow::Result<f64> {
+    use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+    use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+    let key = crypto::random_bytes(32)?;
+    let nonce = crypto::random_bytes(24)?;
+    let cipher = XChaCha20Poly1305::new_from_slice(&key).expect("a 32-byte key");
+    let nonce = XNonce::from_slice(&nonce);
+    let aad = b"latchkey/secret/v1 ten_01hzzzzzzzzzzzzzzzzzzzzzzz cred_01hzzzzzzzzzzzzzzzzzzzzzzz api_key";
+    let secret = b"sk_test_0000000000000000000000000000000a";
+    let sealed = cipher
+        .encrypt(nonce, Payload { msg: secret, aad })
+        .map_err(|_| anyhow::anyhow!("sealing failed"))?;
+    let start = Instant::now();
+    let mut opens = 0u64;
+    while start.elapsed() < time {
+        for _ in 0..256 {
+            let plain = cipher
+                .decrypt(
+                    nonce,
+                    Payload {
+                        msg: std::hint::black_box(&sealed),
+                        aad,
+                    },
+                )
+                .map_err(|_| anyhow::anyhow!("opening failed"))?;
+            std::hint::black_box(plain);
+        }
+        opens += 256;
+    }
+    Ok(opens as f64 / start.elapsed().as_secs_f64())
+}
+
+/// Serves `GET /` with an empty 200 on the runtime `latchkey serve` uses (a
+/// default multi-thread tokio runtime) and prints its address. This is the
+/// `http-floor` subcommand; the benchmark runs it as a child process so the
+/// floor pays the same process and socket costs as the server.
+pub fn serve_http_floor() -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        println!("listening {}", listener.local_addr()?);
+        let app = axum::Router::new().route("/", axum::routing::get(|| async {}));
+        axum::serve(listener, app).await?;
+        Ok(())
+    })
+}
+
+/// The floor server as a child of this process; killed on drop.
+pub struct FloorServer {
+    child: Child,
+    pub addr: SocketAddr,
+}
+
+impl FloorServer {
+    pub fn start() -> anyhow::Result<FloorServer> {
+        let me = std::env::current_exe()?;
+        let mut child = Command::new(me)
+            .arg("http-floor")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .context("cannot start the HTTP floor server")?;
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("stdout is piped")).read_line(&mut line)?;
+        let addr = line
+            .trim()
+            .strip_prefix("listening ")
+            .and_then(|a| a.parse().ok())
+            .with_context(|| format!("the floor server said {line:?}"))?;
+        Ok(FloorServer { child, addr })
+    }
+}
+
+impl Drop for FloorServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,818 @@
+//! Latchkey's benchmark (DESIGN.md §6): one command measures the hot paths of
+//! a real `latchkey serve` process on this machine and prints them next to
+//! the machine's own limits, measured in the same run, so a figure means the
+//! same on a fast machine or a slow one.
+//!
+//! `cargo run --release -p bench -- [--backend sqlite|postgres] [--scale N] [--smoke]`
+//!
+//! What it does, in order:
+//!
+//! 1. Builds `latchkey` with the profile the benchmark itself was built with
+//!    (`cargo build [--release] -p latchkey --locked`, into the same target
+//!    dir) unless `--latchkey PATH` names a binary.
+//! 2. Floors: the disk's fsync rate (128-byte appends, each followed by
+//!    fdatasync, in the data dir's filesystem), one core's rate of bare
+//!    XChaCha20-Poly1305 opens of a 40-byte secret, and an empty axum
+//!    handler (`bench http-floor`, a child process on the same runtime
+//!    settings as the server) under the same client load as the scenarios.
+//! 3. First start of the server on a fresh data dir (a temporary dir; on
+//!    PostgreSQL also a fresh schema `bench_<random>`, dropped at the end):
+//!    cold start and idle memory on empty data; one Stripe and one GitHub
+//!    credential created through the API as templates, and one Stripe
+//!    credential with a webhook secret for ingest. Then SIGTERM.
+//! 4. Seeding, with no server running: `--scale` credentials written through
+//!    the `storage` crate's `Store::import_credentials`, each a copy of a
+//!    template with its own id, name, data key (wrapped by the master key the
+//!    server created in the data dir) and sealed API key — what the server
+//!    would have written. Some are opened again with the master key to
+//!    prove it, and after the restart the server exports one (it must open
+//!    its secret to do so) and the file is opened here.
+//! 5. Second start on the seeded data: cold start and idle memory at scale,
+//!    then the scenarios, each with `--clients` closed-loop clients (default
+//!    64), each client on its own HTTP/1.1 keep-alive connection:
+//!    1. credential create, `POST /v1/credentials` with `"validate": false`;
+//!    2. get by id (random seeded ids) and a 50-row search page (a mix of
+//!       queries: a word in 12.5% of the names, a word in 1%, one
+//!       credential's number, an app name), each also with a single client
+//!       for the unloaded latency; memory after;
+//!    3. verified Stripe webhook ingest (`Stripe-Signature`, signed as the
+//!       request is made), store-then-ack;
+//!    4. the same deliveries again: duplicates.
+//!
+//! Then the table is printed and written as JSON to
+//! `<target dir>/bench/<backend>-<UTC time>.json` and
+//! `<target dir>/bench/latest-<backend>.json`. Progress goes to stderr.
+//!
+//! The ratios to the floors:
+//!
+//! - **vs HTTP floor**: for a rate, the share of the empty handler's rate
+//!   reached with the same clients (100% would mean Latchkey costs nothing
+//!   over axum); for a latency, how many times the empty handler's latency
+//!   at the same percentile and the same number of clients.
+//! - **vs fsync floor** (durable writes only): requests per fsync the disk
+//!   can do. Above 1, several requests share one commit (group commit);
+//!   ingest needs about 4 on a disk of 5,000 fsync/s to reach 20,000/s.
+//! - **in AEAD opens**: the request's cost expressed in bare AEAD opens,
+//!   a machine-neutral unit. For a rate, the machine time per request
+//!   (cores ÷ rate) divided by one open's time; for a latency, the p50 wait
+//!   divided by one open's time. Ingest opens two sealed values per event
+//!   (the data key, then the webhook secret), so this also shows how small
+//!   a share the crypto is.
+//!
+//! The load generator runs in this process on the same cores as the server
+//! (and, on PostgreSQL, the database); every figure, the floors included,
+//! pays for it. The rate limits of `serve` are switched off
+//! (`--ingress-limit 0 --auth-failure-limit 0`): they would measure the limit.
+//! The bench asserts that every answer was the expected one; it does not
+//! fail on a missed budget (the table says so).
+
+mod api;
+mod cpu;
+mod floors;
+mod load;
+mod report;
+mod seed;
+mod server;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand, ValueEnum};
+use load::{contains, drive, request, spread, Plan};
+use report::{thousands, Row};
+use serde_json::{json, Value};
+use server::{ServerProcess, Site};
+
+#[derive(Parser)]
+#[command(
+    name = "bench",
+    about = "Latchkey's benchmark: a real server under load, next to the machine's floors.",
+    args_conflicts_with_subcommands = true
+)]
+struct Args {
+    #[command(subcommand)]
+    command: Option<Sub>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Subcommand)]
+enum Sub {
+    /// Serve the empty handler of the HTTP floor (started by the benchmark).
+    #[command(hide = true)]
+    HttpFloor,
+}
+
+#[derive(clap::Args, Clone)]
+struct RunArgs {
+    #[arg(long, value_enum, default_value_t = Backend::Sqlite)]
+    backend: Backend,
+    /// Credentials stored for the get and search scenarios.
+    #[arg(long, default_value_t = 1_000_000)]
+    scale: u64,
+    /// Concurrent clients (each on its own keep-alive connection).
+    #[arg(long, default_value_t = 64)]
+    clients: usize,
+    /// Short phases, for CI: checks that everything runs, not how fast.
+    #[arg(long)]
+    smoke: bool,
+    /// The PostgreSQL database of `--backend postgres` (trust or password in the URL).
+    #[arg(
+        long,
+        env = "LATCHKEY_BENCH_DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/test"
+    )]
+    database_url: String,
+    /// Keep the data dir, the server's log and the PostgreSQL schema, for a
+    /// closer look (a profiler, a query plan).
+    #[arg(long)]
+    keep: bool,
+    /// A `latchkey` binary to measure instead of building one.
+    #[arg(long)]
+    latchkey: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl Backend {
+    fn name(self) -> &'static str {
+        match self {
+            Backend::Sqlite => "sqlite",
+            Backend::Postgres => "postgres",
+        }
+    }
+}
+
+/// Phase lengths.
+#[derive(Clone, Copy)]
+struct Times {
+    warmup: Duration,
+    throughput: Duration,
+    latency: Duration,
+    single: Duration,
+    duplicate: Duration,
+    fsync: Duration,
+    aead: Duration,
+    settle: Duration,
+}
+
+impl Times {
+    fn new(smoke: bool) -> Times {
+        let s = Duration::from_secs_f64;
+        if smoke {
+            Times {
+                warmup: s(0.1),
+                throughput: s(0.5),
+                latency: s(0.5),
+                single: s(0.3),
+                duplicate: s(0.3),
+                fsync: s(0.2),
+                aead: s(0.1),
+                settle: s(0.2),
+            }
+        } else {
+            Times {
+                warmup: s(1.0),
+                throughput: s(10.0),
+                latency: s(8.0),
+                single: s(3.0),
+                duplicate: s(5.0),
+                fsync: s(2.0),
+                aead: s(1.0),
+                settle: s(1.0),
+            }
+        }
+    }
+}
+
+static STARTED: OnceLock<Instant> = OnceLock::new();
+
+fn progress(message: impl AsRef<str>) {
+    let t = STARTED.get_or_init(Instant::now).elapsed().as_secs_f64();
+    eprintln!("[bench {t:6.1}s] {}", message.as_ref());
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    if let Some(Sub::HttpFloor) = args.command {
+        return floors::serve_http_floor();
+    }
+    STARTED.get_or_init(Instant::now);
+    let run = args.run;
+    if run.clients == 0 || run.scale == 0 {
+        bail!("--clients and --scale must be at least 1");
+    }
+    if cfg!(debug_assertions) && !run.smoke {
+        eprintln!("warning: this is a debug build of the benchmark, measuring a debug server; use --release for figures that mean anything");
+    }
+    let binary = match &run.latchkey {
+        Some(path) => path.clone(),
+        None => build_latchkey()?,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let (rows, facts) = runtime.block_on(bench(&run, &binary))?;
+    let table = report::table(&rows);
+    let others = facts["machine"]["cpu_share_used_by_other_processes"]
+        .as_f64()
+        .unwrap_or_default();
+    println!(
+        "\nLatchkey benchmark: {} backend, {} credentials stored, {} clients{}\n\
+         Other processes{} used {:.0}% of the CPU while it ran.\n{table}",
+        run.backend.name(),
+        thousands(run.scale as f64),
+        run.clients,
+        if run.smoke {
+            " (smoke run: figures mean nothing)"
+        } else {
+            ""
+        },
+        if run.backend == Backend::Postgres {
+            " (PostgreSQL's among them)"
+        } else {
+            ""
+        },
+        others * 100.0
+    );
+    let paths = write_json(&run, &rows, facts)?;
+    for p in paths {
+        println!("wrote {}", p.display());
+    }
+    Ok(())
+}
+
+/// The target dir this binary runs from (`<target>/<profile>/bench`).
+fn target_dir() -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    exe.parent()
+        .and_then(Path::parent)
+        .map(Path::to_path_buf)
+        .context("cannot tell the target dir from this binary's path")
+}
+
+/// Builds `latchkey` with this binary's profile into this binary's target dir.
+fn build_latchkey() -> anyhow::Result<PathBuf> {
+    let release = !cfg!(debug_assertions);
+    let target = target_dir()?;
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    progress(format!(
+        "building latchkey ({}) into {}",
+        if release { "release" } else { "debug" },
+        target.display()
+    ));
+    let mut cmd = Command::new(cargo);
+    // What `cargo run` sets for this binary is not for the build: a build
+    // script that reads CARGO_MANIFEST_DIR (ring's) would see it change and
+    // rebuild half the tree.
+    for (key, _) in std::env::vars_os() {
+        let key = key.to_string_lossy();
+        if key.starts_with("CARGO_PKG_")
+            || [
+                "CARGO_MANIFEST_DIR",
+                "CARGO_MANIFEST_PATH",
+                "CARGO_CRATE_NAME",
+                "CARGO_BIN_NAME",
+                "CARGO_PRIMARY_PACKAGE",
+                "OUT_DIR",
+            ]
+            .contains(&key.as_ref())
+        {
+            cmd.env_remove(key.as_ref());
+        }
+    }
+    cmd.current_dir(&workspace)
+        .args(["build", "-p", "latchkey", "--locked"])
+        .env("CARGO_TARGET_DIR", &target);
+    if release {
+        cmd.arg("--release");
+    }
+    let status = cmd.status().context("cannot run cargo")?;
+    if !status.success() {
+        bail!("cargo build -p latchkey failed ({status})");
+    }
+    let binary = target
+        .join(if release { "release" } else { "debug" })
+        .join("latchkey");
+    if !binary.exists() {
+        bail!("no binary at {} after the build", binary.display());
+    }
+    Ok(binary)
+}
+
+/// Runs everything; on PostgreSQL the schema is dropped whatever happened.
+async fn bench(run: &RunArgs, binary: &Path) -> anyhow::Result<(Vec<Row>, Value)> {
+    let scratch = tempfile::Builder::new()
+        .prefix("latchkey-bench-")
+        .tempdir()
+        .context("cannot make a temporary dir")?;
+    let schema = format!("bench_{}", hex::encode(crypto::random_bytes(6)?));
+    let site = Site {
+        data_dir: scratch.path().join("data"),
+        postgres: (run.backend == Backend::Postgres)
+            .then(|| (run.database_url.clone(), schema.clone())),
+    };
+    let before = cpu::Sample::now()?;
+    let load_before = cpu::load_average();
+    let result = measure(run, binary, &site, scratch.path())
+        .await
+        .and_then(|(rows, mut facts)| {
+            let others = before.others_since(&cpu::Sample::now()?);
+            facts["machine"] = json!({
+                "cpu_share_used_by_other_processes": others,
+                "load_average_1min_before": load_before,
+                "load_average_1min_after": cpu::load_average(),
+            });
+            Ok((rows, facts))
+        });
+    if run.keep {
+        let kept = scratch.keep();
+        progress(format!(
+            "kept the data dir and the server's log in {}{}",
+            kept.display(),
+            site.postgres
+                .as_ref()
+                .map(|(_, s)| format!(" and the schema {s}"))
+                .unwrap_or_default()
+        ));
+    } else if run.backend == Backend::Postgres {
+        match drop_schema(&run.database_url, &schema).await {
+            Ok(()) => progress(format!("dropped schema {schema}")),
+            Err(e) => eprintln!("warning: could not drop schema {schema}: {e:#}"),
+        }
+    }
+    if let Err(e) = &result {
+        let log = std::fs::read_to_string(site.data_dir.with_file_name("latchkey.log"))
+            .unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(15).collect();
+        eprintln!("the server's log ended with:");
+        for line in tail.into_iter().rev() {
+            eprintln!("  {line}");
+        }
+        eprintln!("benchmark failed: {e:#}");
+    }
+    result
+}
+
+async fn drop_schema(url: &str, schema: &str) -> anyhow::Result<()> {
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
+    tokio::spawn(conn);
+    client
+        .batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
+        .await?;
+    Ok(())
+}
+
+async fn measure(
+    run: &RunArgs,
+    binary: &Path,
+    site: &Site,
+    scratch: &Path,
+) -> anyhow::Result<(Vec<Row>, Value)> {
+    let times = Times::new(run.smoke);
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let log = scratch.join("latchkey.log");
+    progress(format!(
+        "{} backend, scale {}, {} clients, {cores} cores; data in {}",
+        run.backend.name(),
+        run.scale,
+        run.clients,
+        scratch.display()
+    ));
+    if let Some((_, schema)) = &site.postgres {
+        progress(format!("PostgreSQL schema {schema}"));
+    }
+
+    let floors = floors::measure(scratch, run.clients, &times).await?;
+
+    // First start: empty data.
+    let first = ServerProcess::start(binary, site, &log).await?;
+    tokio::time::sleep(times.settle).await;
+    let idle_empty = first.memory()?;
+    progress(format!(
+        "first start (pid {}): ready after {:.0} ms (banner: {} ms), idle RSS {:.1} MB",
+        first.pid(),
+        first.cold_start.as_secs_f64() * 1000.0,
+        first.banner_ready_ms.unwrap_or_default(),
+        idle_empty.rss_mb()
+    ));
+    let token = first
+        .token
+        .clone()
+        .context("the first start printed no admin token")?;
+    let mut api = api::Api::connect(first.addr, &token).await?;
+    let mut template_ids = Vec::new();
+    for (integration, key) in [
+        ("stripe", "sk_test_benchtemplate000001"),
+        ("github", "ghp_benchtemplate00000000000000000000001"),
+    ] {
+        let created = api
+            .post_json(
+                "/v1/credentials",
+                json!({
+                    "name": format!("bench template {integration}"),
+                    "integration": integration,
+                    "api_key": key,
+                    "validate": false,
+                }),
+                201,
+            )
+            .await?;
+        template_ids.push(api::string_field(&created, "id")?);
+    }
+    let webhook_secret = format!("whsec_{}", hex::encode(crypto::random_bytes(24)?));
+    let hook = api
+        .post_json(
+            "/v1/credentials",
+            json!({
+                "name": "bench stripe webhooks",
+                "integration": "stripe",
+                "api_key": "sk_test_benchwebhooks000001",
+                "validate": false,
+                "config_params": [ { "key": "webhook_secret", "value": webhook_secret } ],
+            }),
+            201,
+        )
+        .await?;
+    let hook_id = api::string_field(&hook, "id")?;
+    let cold_empty = (first.cold_start, first.banner_ready_ms);
+    first.stop().await?;
+
+    // Seeding, no server running.
+    let seeded = seed_store(run, site, &token, &template_ids).await?;
+    progress(format!(
+        "seeded {} credentials in {:.1} s ({:.0}/s)",
+        run.scale,
+        seeded.elapsed.as_secs_f64(),
+        run.scale as f64 / seeded.elapsed.as_secs_f64()
+    ));
+
+    // Second start: the seeded data.
+    let server = ServerProcess::start(binary, site, &log).await?;
+    tokio::time::sleep(times.settle).await;
+    let idle_seeded = server.memory()?;
+    progress(format!(
+        "start on {} credentials (pid {}): ready after {:.0} ms (banner: {} ms), idle RSS {:.1} MB",
+        run.scale,
+        server.pid(),
+        server.cold_start.as_secs_f64() * 1000.0,
+        server.banner_ready_ms.unwrap_or_default(),
+        idle_seeded.rss_mb()
+    ));
+    let mut api = api::Api::connect(server.addr, &token).await?;
+    api.check_export(&seeded.sample[seeded.sample.len() / 2])
+        .await?;
+    progress("the server opened a seeded credential's secret (export)");
+    let addr = server.addr;
+    let token: Arc<str> = token.into();
+    let plan = Plan {
+        clients: run.clients,
+        warmup: times.warmup,
+        measure: times.throughput,
+    };
+
+    // 1. Create.
+    progress("scenario 1: credential create");
+    let create = {
+        let (token, first_n) = (token.clone(), run.scale);
+        drive(
+            addr,
+            plan,
+            1,
+            move |i| {
+                let n = first_n + i;
+                let body = json!({
+                    "name": seed::name(n),
+                    "integration": seed::integration(n),
+                    "api_key": seed::api_key(n),
+                    "validate": false,
+                });
+                (
+                    0,
+                    request(
+                        "POST",
+                        addr,
+                        "/v1/credentials",
+                        Some(&token),
+                        Some(body.to_string().into_bytes()),
+                    ),
+                )
+            },
+            |s, _| s.as_u16() == 201,
+        )
+        .await?
+    };
+    progress(format!("create: {:.0}/s", create.rate()));
+
+    // 2. Get by id and search.
+    let ids: Arc<Vec<(String, u64)>> = Arc::new(seeded.sample);
+    let get = |clients: usize, measure: Duration| {
+        let (token, ids) = (token.clone(), ids.clone());
+        drive(
+            addr,
+            Plan {
+                clients,
+                measure,
+                ..plan
+            },
+            1,
+            move |i| {
+                let (id, _) = &ids[(spread(i) % ids.len() as u64) as usize];
+                let path = format!("/v1/credentials/{id}");
+                (0, request("GET", addr, &path, Some(&token), None))
+            },
+            |s, _| s.as_u16() == 200,
+        )
+    };
+    progress("scenario 2: get by id");
+    let get_load = get(run.clients, times.latency).await?;
+    let get_one = get(1, times.single).await?;
+    let after_gets = server.memory()?;
+    let search = |clients: usize, measure: Duration| {
+        let (token, ids) = (token.clone(), ids.clone());
+        drive(
+            addr,
+            Plan {
+                clients,
+                measure,
+                ..plan
+            },
+            SEARCHES.len(),
+            move |i| {
+                let kind = (i % SEARCHES.len() as u64) as usize;
+                let r = spread(i);
+                let q = match kind {
+                    0 => seed::PURPOSES[(r % 8) as usize].to_string(),
+                    1 => seed::customer(r),
+                    2 => format!("{:07}", ids[(r % ids.len() as u64) as usize].1),
+                    _ => ["stripe", "github"][(r % 2) as usize].to_string(),
+                };
+                let path = format!("/v1/credentials?q={}&limit=50", q.replace(' ', "%20"));
+                (kind, request("GET", addr, &path, Some(&token), None))
+            },
+            |s, b| s.as_u16() == 200 && contains(b, b"\"items\""),
+        )
+    };
+    progress("scenario 2: search page");
+    let search_load = search(run.clients, times.latency).await?;
+    let search_one = search(1, times.single).await?;
+    let after_reads = server.memory()?;
+    progress(format!(
+        "get p99 {:.2} ms, search p99 {:.2} ms ({} clients); RSS {:.1} MB",
+        get_load.all().ms(99.0),
+        search_load.all().ms(99.0),
+        run.clients,
+        after_reads.rss_mb()
+    ));
+
+    // 3. and 4. Stripe webhook ingest, then the same deliveries again.
+    progress("scenario 3: verified webhook ingest");
+    let hook_path: Arc<str> = format!("/hooks/{hook_id}").into();
+    let secret: Arc<str> = webhook_secret.into();
+    let delivery = {
+        let (hook_path, secret) = (hook_path.clone(), secret.clone());
+        move |n: u64| {
+            let body = json!({
+                "id": format!("evt_bench_{n:012}"),
+                "object": "event",
+                "type": "invoice.paid",
+                "created": chrono::Utc::now().timestamp(),
+                "data": { "object": { "id": format!("in_{n:012}"), "customer": format!("cus_{:06}", n % 1000) } },
+            })
+            .to_string();
+            let mut req = request(
+                "POST",
+                addr,
+                &hook_path,
+                None,
+                Some(body.clone().into_bytes()),
+            );
+            let signature = stripe_signature(&secret, &body);
+            req.headers_mut().insert(
+                "stripe-signature",
+                signature.parse().expect("an ASCII header value"),
+            );
+            req
+        }
+    };
+    let ingest = {
+        let delivery = delivery.clone();
+        drive(
+            addr,
+            plan,
+            1,
+            move |n| (0, delivery(n)),
+            |s, b| s.as_u16() == 200 && contains(b, b"\"stored\""),
+        )
+        .await?
+    };
+    progress(format!("ingest: {:.0}/s", ingest.rate()));
+    progress("scenario 4: duplicate deliveries");
+    let stored = ingest.issued;
+    let duplicate = drive(
+        addr,
+        Plan {
+            measure: times.duplicate,
+            ..plan
+        },
+        1,
+        move |n| (0, delivery(spread(n) % stored)),
+        |s, b| s.as_u16() == 200 && contains(b, b"\"duplicate\""),
+    )
+    .await?;
+    progress(format!("duplicates: {:.0}/s", duplicate.rate()));
+    let at_end = server.memory()?;
+    let cold_seeded = (server.cold_start, server.banner_ready_ms);
+    server.stop().await?;
+
+    for (name, o) in [
+        ("create", &create),
+        ("get", &get_load),
+        ("search", &search_load),
+        ("ingest", &ingest),
+        ("duplicate", &duplicate),
+    ] {
+        if o.count() == 0 {
+            bail!("scenario {name} completed no request in its measured time");
+        }
+    }
+
+    let rows = report::rows(
+        run,
+        cores,
+        &floors,
+        report::Measured {
+            create: &create,
+            get_load: &get_load,
+            get_one: &get_one,
+            search_load: &search_load,
+            search_one: &search_one,
+            ingest: &ingest,
+            duplicate: &duplicate,
+        },
+        report::Starts {
+            cold_empty,
+            cold_seeded,
+            idle_empty,
+            idle_seeded,
+            after_gets,
+            after_reads,
+            at_end,
+        },
+    );
+    let facts = json!({
+        "floors": {
+            "fsync_per_s": floors.fsync_per_s,
+            "aead_opens_per_s_one_core": floors.aead_per_s,
+            "http_empty_handler": {
+                "clients": run.clients, "per_s": floors.http_rate,
+                "p50_ms": floors.http_p50, "p99_ms": floors.http_p99,
+                "one_client_p50_ms": floors.http1_p50, "one_client_p99_ms": floors.http1_p99,
+            },
+        },
+        "seed": { "credentials": run.scale, "seconds": seeded.elapsed.as_secs_f64() },
+        "ingest_events_stored": ingest.issued,
+        "credentials_created": create.issued,
+    });
+    Ok((rows, facts))
+}
+
+/// The kinds of search query, in the order the search scenario cycles them.
+pub(crate) const SEARCHES: [&str; 4] = [
+    "a word in 12.5% of names",
+    "a word in 1% of names",
+    "one credential's number",
+    "an app name",
+];
+
+/// Seeds the store of `site` with `run.scale` credentials, copying the
+/// template credentials the first start created.
+async fn seed_store(
+    run: &RunArgs,
+    site: &Site,
+    token: &str,
+    template_ids: &[String],
+) -> anyhow::Result<seed::Seeded> {
+    use storage::{PostgresStore, SqliteStore, Store};
+    let key_file = site.data_dir.join("master.key");
+    let (kek, source) = crypto::MasterKey::load_or_create(None, &key_file)?;
+    if source != crypto::KeySource::ExistingFile {
+        bail!(
+            "the first start left no master key in {}",
+            key_file.display()
+        );
+    }
+    let kek = Arc::new(kek);
+    let sqlite = match &site.postgres {
+        None => Some(Arc::new(SqliteStore::open(
+            &site.data_dir.join("latchkey.db"),
+        )?)),
+        Some(_) => None,
+    };
+    let store: Arc<dyn Store> = match (&sqlite, &site.postgres) {
+        (Some(s), _) => s.clone(),
+        (None, Some((url, schema))) => {
+            Arc::new(PostgresStore::connect_in_schema(url, schema).await?)
+        }
+        (None, None) => unreachable!("one of the two backends"),
+    };
+    let (admin, tenant) = store
+        .find_token(crypto::token_hash(token))
+        .await?
+        .context("the admin token of the first start is not stored")?;
+    let mut templates = Vec::new();
+    for id in template_ids {
+        templates.push(
+            store
+                .get_credential(&tenant.id, id)
+                .await?
+                .with_context(|| format!("template credential {id} is not stored"))?,
+        );
+    }
+    // SQLite has one writer: two batches in flight keep it busy while the
+    // next is sealed. PostgreSQL commits each batch on its own connection.
+    let workers = if sqlite.is_some() { 2 } else { 4 };
+    progress(format!(
+        "seeding {} credentials through the storage crate ({workers} batches in flight)",
+        run.scale
+    ));
+    let plan = seed::Plan {
+        store: store.clone(),
+        kek: kek.clone(),
+        tenant: tenant.id.clone(),
+        actor: admin.id.clone(),
+        templates,
+        count: run.scale,
+        workers,
+    };
+    let seeded = seed::seed(plan, progress).await?;
+    for (id, n) in seeded
+        .sample
+        .iter()
+        .step_by((seeded.sample.len() / 5).max(1))
+    {
+        seed::check_opens(store.as_ref(), &kek, &tenant.id, id, *n).await?;
+    }
+    drop(store);
+    if let Some(sqlite) = sqlite {
+        let sqlite = Arc::try_unwrap(sqlite)
+            .map_err(|_| anyhow::anyhow!("the seeding store is still in use"))?;
+        // Closing checkpoints the WAL, as a stopped server would leave it.
+        tokio::task::spawn_blocking(move || sqlite.close()).await??;
+    }
+    if seeded.sample.is_empty() {
+        bail!("the seed kept no sample of ids (scale {})", run.scale);
+    }
+    Ok(seeded)
+}
+
+/// The `Stripe-Signature` header of `body` signed now with `secret`.
+fn stripe_signature(secret: &str, body: &str) -> String {
+    use hmac::{Hmac, Mac};
+    let t = chrono::Utc::now().timestamp();
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes())
+        .expect("HMAC takes a key of any length");
+    mac.update(format!("{t}.").as_bytes());
+    mac.update(body.as_bytes());
+    format!("t={t},v1={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+/// Writes the run as JSON under `<target>/bench/`: one file per run and the
+/// latest of each backend.
+fn write_json(run: &RunArgs, rows: &[Row], facts: Value) -> anyhow::Result<Vec<PathBuf>> {
+    let dir = target_dir()?.join("bench");
+    std::fs::create_dir_all(&dir)?;
+    let now = chrono::Utc::now();
+    let doc = json!({
+        "backend": run.backend.name(),
+        "scale": run.scale,
+        "clients": run.clients,
+        "smoke": run.smoke,
+        "release_build": !cfg!(debug_assertions),
+        "finished_at": now.to_rfc3339(),
+        "cores": std::thread::available_parallelism().map_or(1, |n| n.get()),
+        "rows": rows.iter().map(Row::to_json).collect::<Vec<_>>(),
+        "facts": facts,
+    });
+    let text = serde_json::to_string_pretty(&doc)?;
+    let name = format!(
+        "{}-{}.json",
+        run.backend.name(),
+        now.format("%Y%m%dT%H%M%SZ")
+    );
+    let mut paths = Vec::new();
+    for file in [name, format!("latest-{}.json", run.backend.name())] {
+        let path = dir.join(file);
+        std::fs::write(&path, &text).with_context(|| format!("cannot write {}", path.display()))?;
+        paths.push(path);
+    }
+    Ok(paths)
+}

@@ -1,0 +1,426 @@
+//! The result table: each scenario's figure, its budget from DESIGN.md §6,
+//! whether it is met, and its ratios to the floors measured in the same run.
+
+use std::time::Duration;
+
+use comfy_table::{presets::UTF8_FULL_CONDENSED, Cell, CellAlignment, Table};
+use serde_json::{json, Value};
+
+use crate::floors::Floors;
+use crate::load::{self, Outcome};
+use crate::{server, RunArgs, SEARCHES};
+
+/// A budget of DESIGN.md §6: the figure that must be reached and the aim.
+#[derive(Debug, Clone, Copy)]
+pub enum Budget {
+    /// Higher is better (events per second).
+    AtLeast { must: f64, aim: Option<f64> },
+    /// Lower is better (milliseconds, megabytes).
+    AtMost { must: f64, aim: Option<f64> },
+}
+
+impl Budget {
+    fn verdict(&self, value: f64) -> &'static str {
+        let (met_must, met_aim) = match *self {
+            Budget::AtLeast { must, aim } => (value >= must, aim.is_some_and(|a| value >= a)),
+            Budget::AtMost { must, aim } => (value <= must, aim.is_some_and(|a| value <= a)),
+        };
+        match (met_must, met_aim) {
+            (_, true) => "pass (aim met)",
+            (true, false) => "pass",
+            (false, _) => "MISS",
+        }
+    }
+
+    fn text(&self, unit: &str) -> String {
+        match *self {
+            Budget::AtLeast { must, aim } => format!(
+                "≥ {} {unit}{}",
+                thousands(must),
+                aim.map(|a| format!(" (aim {})", thousands(a)))
+                    .unwrap_or_default()
+            ),
+            Budget::AtMost { must, aim } => format!(
+                "≤ {must} {unit}{}",
+                aim.map(|a| format!(" (aim {a})")).unwrap_or_default()
+            ),
+        }
+    }
+}
+
+/// One line of the table.
+#[derive(Debug, Clone)]
+pub struct Row {
+    pub scenario: String,
+    pub figure: String,
+    /// The value the budget is judged on, its unit, and the budget.
+    pub judged: Option<(f64, &'static str, Budget)>,
+    pub vs_http: Option<String>,
+    pub vs_fsync: Option<String>,
+    pub vs_aead: Option<String>,
+    pub json: Value,
+}
+
+impl Row {
+    pub fn new(scenario: impl Into<String>, figure: impl Into<String>) -> Row {
+        Row {
+            scenario: scenario.into(),
+            figure: figure.into(),
+            judged: None,
+            vs_http: None,
+            vs_fsync: None,
+            vs_aead: None,
+            json: Value::Null,
+        }
+    }
+
+    pub fn budget(mut self, value: f64, unit: &'static str, budget: Budget) -> Row {
+        self.judged = Some((value, unit, budget));
+        self
+    }
+
+    pub fn verdict(&self) -> Option<&'static str> {
+        self.judged.map(|(v, _, b)| b.verdict(v))
+    }
+
+    pub fn to_json(&self) -> Value {
+        json!({
+            "scenario": self.scenario,
+            "figure": self.figure,
+            "budget": self.judged.map(|(_, unit, b)| b.text(unit)),
+            "judged_value": self.judged.map(|(v, _, _)| v),
+            "verdict": self.verdict(),
+            "vs_http_floor": self.vs_http,
+            "vs_fsync_floor": self.vs_fsync,
+            "vs_aead_floor": self.vs_aead,
+            "detail": self.json,
+        })
+    }
+}
+
+pub fn table(rows: &[Row]) -> Table {
+    let mut t = Table::new();
+    t.load_preset(UTF8_FULL_CONDENSED);
+    t.set_header(vec![
+        "scenario",
+        "figure",
+        "budget (DESIGN §6)",
+        "result",
+        "vs HTTP floor",
+        "vs fsync floor",
+        "in AEAD opens",
+    ]);
+    let dash = || "—".to_string();
+    for r in rows {
+        t.add_row(vec![
+            Cell::new(&r.scenario),
+            Cell::new(&r.figure),
+            Cell::new(
+                r.judged
+                    .map(|(_, unit, b)| b.text(unit))
+                    .unwrap_or_else(dash),
+            ),
+            Cell::new(r.verdict().unwrap_or("—")),
+            Cell::new(r.vs_http.clone().unwrap_or_else(dash)).set_alignment(CellAlignment::Right),
+            Cell::new(r.vs_fsync.clone().unwrap_or_else(dash)).set_alignment(CellAlignment::Right),
+            Cell::new(r.vs_aead.clone().unwrap_or_else(dash)).set_alignment(CellAlignment::Right),
+        ]);
+    }
+    t
+}
+
+/// 12345.6 as "12,346".
+pub fn thousands(v: f64) -> String {
+    let n = v.round() as i64;
+    let digits = n.abs().to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    if n < 0 {
+        format!("-{out}")
+    } else {
+        out
+    }
+}
+
+/// The scenarios' outcomes, for the table.
+pub struct Measured<'a> {
+    pub create: &'a Outcome,
+    pub get_load: &'a Outcome,
+    pub get_one: &'a Outcome,
+    pub search_load: &'a Outcome,
+    pub search_one: &'a Outcome,
+    pub ingest: &'a Outcome,
+    pub duplicate: &'a Outcome,
+}
+
+/// Cold starts (spawn to ready, and the banner's figure) and memory.
+pub struct Starts {
+    pub cold_empty: (Duration, Option<u64>),
+    pub cold_seeded: (Duration, Option<u64>),
+    pub idle_empty: server::Memory,
+    pub idle_seeded: server::Memory,
+    pub after_gets: server::Memory,
+    pub after_reads: server::Memory,
+    pub at_end: server::Memory,
+}
+
+/// The table's rows: the scenarios, then the floors.
+pub fn rows(run: &RunArgs, cores: usize, floors: &Floors, m: Measured, s: Starts) -> Vec<Row> {
+    let c = run.clients;
+    let scale = thousands(run.scale as f64);
+    let per_s = |rate: f64| format!("{}/s", thousands(rate));
+    let vs_http_rate = |rate: f64| {
+        format!(
+            "{:.0}% of {}",
+            100.0 * rate / floors.http_rate,
+            per_s(floors.http_rate)
+        )
+    };
+    let vs_fsync = |rate: f64| format!("{:.1} per fsync", rate / floors.fsync_per_s);
+    // Machine time per request (cores / rate) in bare opens.
+    let aead_rate = |rate: f64| format!("{:.0}", cores as f64 * floors.aead_per_s / rate);
+    // The median wait in bare opens.
+    let aead_wait = |p50_ms: f64| format!("{:.0}", p50_ms / 1000.0 * floors.aead_per_s);
+    let throughput = |o: &Outcome| {
+        let l = o.all();
+        json!({ "per_s": o.rate(), "count": o.count(), "seconds": o.elapsed.as_secs_f64(),
+                "p50_ms": l.ms(50.0), "p99_ms": l.ms(99.0), "max_ms": l.ms(100.0) })
+    };
+    let latency_row = |name: String, l: load::Latencies, o: &Outcome, one: bool, budget: Budget| {
+        let (f50, f99) = if one {
+            (floors.http1_p50, floors.http1_p99)
+        } else {
+            (floors.http_p50, floors.http_p99)
+        };
+        let mut r = Row::new(
+            name,
+            format!(
+                "p50 {:.2} ms · p99 {:.2} ms · {}",
+                l.ms(50.0),
+                l.ms(99.0),
+                per_s(l.samples() as f64 / o.elapsed.as_secs_f64())
+            ),
+        )
+        .budget(l.ms(99.0), "ms p99", budget);
+        r.vs_http = Some(format!(
+            "p50 {:.1}×, p99 {:.1}×",
+            l.ms(50.0) / f50,
+            l.ms(99.0) / f99
+        ));
+        r.vs_aead = Some(aead_wait(l.ms(50.0)));
+        r.json = json!({ "p50_ms": l.ms(50.0), "p99_ms": l.ms(99.0), "max_ms": l.ms(100.0),
+                         "count": l.samples(), "clients": if one { 1 } else { c } });
+        r
+    };
+    let get_budget = Budget::AtMost {
+        must: 2.0,
+        aim: Some(1.0),
+    };
+    let search_budget = Budget::AtMost {
+        must: 10.0,
+        aim: Some(5.0),
+    };
+    let mut rows = Vec::new();
+
+    let mut r = Row::new(
+        format!("1. credential create, {c} clients"),
+        format!(
+            "{} · p99 {:.2} ms",
+            per_s(m.create.rate()),
+            m.create.all().ms(99.0)
+        ),
+    )
+    .budget(
+        m.create.rate(),
+        "/s",
+        Budget::AtLeast {
+            must: 5_000.0,
+            aim: Some(10_000.0),
+        },
+    );
+    r.vs_http = Some(vs_http_rate(m.create.rate()));
+    r.vs_fsync = Some(vs_fsync(m.create.rate()));
+    r.vs_aead = Some(aead_rate(m.create.rate()));
+    r.json = throughput(m.create);
+    rows.push(r);
+
+    rows.push(latency_row(
+        format!("2. get by id at {scale}, {c} clients"),
+        m.get_load.all(),
+        m.get_load,
+        false,
+        get_budget,
+    ));
+    rows.push(latency_row(
+        format!("2. get by id at {scale}, 1 client"),
+        m.get_one.all(),
+        m.get_one,
+        true,
+        get_budget,
+    ));
+    rows.push(latency_row(
+        format!("2. search page (50 rows) at {scale}, {c} clients, mixed"),
+        m.search_load.all(),
+        m.search_load,
+        false,
+        search_budget,
+    ));
+    rows.push(latency_row(
+        format!("2. search page (50 rows) at {scale}, 1 client, mixed"),
+        m.search_one.all(),
+        m.search_one,
+        true,
+        search_budget,
+    ));
+    // Under load every kind waits in the same queue; alone, each shows its own cost.
+    for (k, what) in SEARCHES.iter().enumerate() {
+        rows.push(latency_row(
+            format!("   1 client, {what}"),
+            m.search_one.kind(k),
+            m.search_one,
+            true,
+            search_budget,
+        ));
+    }
+
+    let mut r = Row::new(
+        format!("3. verified Stripe webhook ingest, {c} clients"),
+        format!(
+            "{} · p50 {:.2} ms · p99 {:.2} ms",
+            per_s(m.ingest.rate()),
+            m.ingest.all().ms(50.0),
+            m.ingest.all().ms(99.0)
+        ),
+    )
+    .budget(
+        m.ingest.rate(),
+        "/s",
+        Budget::AtLeast {
+            must: 20_000.0,
+            aim: Some(40_000.0),
+        },
+    );
+    r.vs_http = Some(vs_http_rate(m.ingest.rate()));
+    r.vs_fsync = Some(vs_fsync(m.ingest.rate()));
+    r.vs_aead = Some(aead_rate(m.ingest.rate()));
+    r.json = throughput(m.ingest);
+    rows.push(r);
+
+    let mut r = Row::new(
+        format!("4. duplicate deliveries, {c} clients"),
+        format!(
+            "{} · p99 {:.2} ms",
+            per_s(m.duplicate.rate()),
+            m.duplicate.all().ms(99.0)
+        ),
+    );
+    r.vs_http = Some(vs_http_rate(m.duplicate.rate()));
+    r.vs_fsync = Some(vs_fsync(m.duplicate.rate()));
+    r.vs_aead = Some(aead_rate(m.duplicate.rate()));
+    r.json = throughput(m.duplicate);
+    rows.push(r);
+
+    let memory = |name: String, mem: server::Memory, budget: Option<Budget>| {
+        let mut r = Row::new(
+            name,
+            format!(
+                "{:.1} MB (peak {:.1} MB)",
+                mem.rss_mb(),
+                mem.peak_kib as f64 / 1024.0
+            ),
+        );
+        if let Some(b) = budget {
+            r = r.budget(mem.rss_mb(), "MB", b);
+        }
+        r.json = json!({ "rss_kib": mem.rss_kib, "peak_kib": mem.peak_kib });
+        r
+    };
+    let at_scale = Budget::AtMost {
+        must: 80.0,
+        aim: None,
+    };
+    rows.push(memory(
+        "5. RSS idle, empty data".into(),
+        s.idle_empty,
+        Some(Budget::AtMost {
+            must: 30.0,
+            aim: Some(20.0),
+        }),
+    ));
+    rows.push(memory(
+        format!("5. RSS idle, {scale} credentials"),
+        s.idle_seeded,
+        Some(at_scale),
+    ));
+    rows.push(memory(
+        format!("5. RSS after the gets of scenario 2, {scale} credentials"),
+        s.after_gets,
+        Some(at_scale),
+    ));
+    rows.push(memory(
+        format!("5. RSS after scenario 2, {scale} credentials"),
+        s.after_reads,
+        Some(at_scale),
+    ));
+    rows.push(memory("5. RSS after scenarios 3-4".into(), s.at_end, None));
+    let cold_budget = Budget::AtMost {
+        must: 200.0,
+        aim: Some(50.0),
+    };
+    for (name, (took, banner)) in [
+        (
+            "5. cold start to ready, empty data".to_string(),
+            s.cold_empty,
+        ),
+        (
+            format!("5. cold start to ready, {scale} credentials"),
+            s.cold_seeded,
+        ),
+    ] {
+        let ms = took.as_secs_f64() * 1000.0;
+        let mut r = Row::new(
+            name,
+            format!(
+                "{ms:.0} ms (in-process: {} ms)",
+                banner.map_or("?".into(), |b| b.to_string())
+            ),
+        )
+        .budget(ms, "ms", cold_budget);
+        r.json = json!({ "spawn_to_ready_ms": ms, "banner_ready_in_ms": banner });
+        rows.push(r);
+    }
+
+    let mut floor_rows = vec![
+        Row::new(
+            "floor: fsync (128-byte append + fdatasync)",
+            per_s(floors.fsync_per_s),
+        ),
+        Row::new(
+            "floor: AEAD open (XChaCha20-Poly1305, 40 bytes, one core)",
+            per_s(floors.aead_per_s),
+        ),
+        Row::new(
+            format!("floor: empty axum handler, {c} clients"),
+            format!(
+                "{} · p50 {:.2} ms · p99 {:.2} ms",
+                per_s(floors.http_rate),
+                floors.http_p50,
+                floors.http_p99
+            ),
+        ),
+        Row::new(
+            "floor: empty axum handler, 1 client",
+            format!(
+                "p50 {:.3} ms · p99 {:.3} ms",
+                floors.http1_p50, floors.http1_p99
+            ),
+        ),
+    ];
+    rows.append(&mut floor_rows);
+    rows
+}
