@@ -703,14 +703,14 @@ async fn seed_store(
 ) -> anyhow::Result<seed::Seeded> {
     use storage::{PostgresStore, SqliteStore, Store};
     let key_file = site.data_dir.join("master.key");
-    let (kek, source) = crypto::MasterKey::load_or_create(None, &key_file)?;
-    if source != crypto::KeySource::ExistingFile {
+    let Some(ring) = crypto::KeyRing::read_file(&key_file)? else {
         bail!(
             "the first start left no master key in {}",
             key_file.display()
         );
-    }
-    let kek = Arc::new(kek);
+    };
+    // A fresh data dir: its one key is the active one.
+    let kek = ring.keys()[0].clone();
     let sqlite = match &site.postgres {
         None => Some(Arc::new(SqliteStore::open(
             &site.data_dir.join("latchkey.db"),
