@@ -45,7 +45,8 @@
 //!
 //! Then the table is printed and written as JSON to
 //! `<target dir>/bench/<backend>-<UTC time>.json` and
-//! `<target dir>/bench/latest-<backend>.json`. Progress goes to stderr.
+//! `<target dir>/bench/latest-<backend>.json` (`<backend>-smoke` for a smoke
+//! run). Progress goes to stderr.
 //!
 //! The ratios to the floors:
 //!
@@ -860,13 +861,15 @@ fn write_json(run: &RunArgs, rows: &[Row], facts: Value) -> anyhow::Result<Vec<P
         "facts": facts,
     });
     let text = serde_json::to_string_pretty(&doc)?;
-    let name = format!(
-        "{}-{}.json",
+    // A smoke run's figures mean nothing: it never replaces a real latest.
+    let kind = format!(
+        "{}{}",
         run.backend.name(),
-        now.format("%Y%m%dT%H%M%SZ")
+        if run.smoke { "-smoke" } else { "" }
     );
+    let name = format!("{kind}-{}.json", now.format("%Y%m%dT%H%M%SZ"));
     let mut paths = Vec::new();
-    for file in [name, format!("latest-{}.json", run.backend.name())] {
+    for file in [name, format!("latest-{kind}.json")] {
         let path = dir.join(file);
         std::fs::write(&path, &text).with_context(|| format!("cannot write {}", path.display()))?;
         paths.push(path);
