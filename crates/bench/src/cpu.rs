@@ -1,8 +1,9 @@
 //! How much of the machine other processes took while the benchmark ran:
 //! on a contended machine every figure reads low, floors included, so the
-//! table says how contended it was. From /proc/stat and /proc/self/stat,
-//! both in clock ticks; this process counts its reaped children (the
-//! servers it started).
+//! table says how contended it was. From /proc/stat and /proc/<pid>/stat,
+//! all in clock ticks; this process counts its reaped children (the
+//! servers it started). A local PostgreSQL is counted apart: on that
+//! backend it is part of the system under test, not a disturbance.
 
 use anyhow::Context;
 
@@ -11,6 +12,41 @@ pub struct Sample {
     busy: u64,
     total: u64,
     own: u64,
+    database: u64,
+}
+
+/// A process's command name and its CPU ticks: (utime + stime, cutime + cstime).
+fn process_ticks(stat: &str) -> Option<(&str, u64, u64)> {
+    let open = stat.find('(')?;
+    let (comm, rest) = stat[open + 1..].rsplit_once(')')?;
+    // After the name: state is field 3; utime..cstime are fields 14..17.
+    let t: Vec<u64> = rest
+        .split_whitespace()
+        .skip(11)
+        .take(4)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    (t.len() == 4).then(|| (comm, t[0] + t[1], t[2] + t[3]))
+}
+
+/// CPU ticks of every PostgreSQL process, including the backends that have
+/// exited since (their postmaster reaped them into its children's time).
+fn postgres_ticks() -> u64 {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    let mut ticks = 0;
+    for entry in dir.flatten() {
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        if let Some(("postgres", own, children)) = process_ticks(&stat) {
+            // Only a postmaster has reaped postgres children; a backend's
+            // children's time is zero.
+            ticks += own + children;
+        }
+    }
+    ticks
 }
 
 impl Sample {
@@ -29,30 +65,26 @@ impl Sample {
         let busy = at(0) + at(1) + at(2) + at(5) + at(6) + at(7);
         let total = busy + at(3) + at(4);
         let me = std::fs::read_to_string("/proc/self/stat")?;
-        let fields: Vec<u64> = me
-            .rsplit_once(')')
-            .context("unreadable /proc/self/stat")?
-            .1
-            .split_whitespace()
-            .skip(11)
-            .take(4)
-            .filter_map(|v| v.parse().ok())
-            .collect();
-        // utime stime cutime cstime
+        let (_, own, children) = process_ticks(&me).context("unreadable /proc/self/stat")?;
         Ok(Sample {
             busy,
             total,
-            own: fields.iter().sum(),
+            own: own + children,
+            database: postgres_ticks(),
         })
     }
 
-    /// The share of all CPU time from `self` to `later` that other
-    /// processes used.
-    pub fn others_since(&self, later: &Sample) -> f64 {
+    /// The shares of all CPU time from `self` to `later` that PostgreSQL
+    /// and the other processes (neither this one nor its children) used.
+    pub fn since(&self, later: &Sample) -> (f64, f64) {
         let total = later.total.saturating_sub(self.total).max(1) as f64;
         let busy = later.busy.saturating_sub(self.busy) as f64;
         let own = later.own.saturating_sub(self.own) as f64;
-        ((busy - own) / total).clamp(0.0, 1.0)
+        let database = later.database.saturating_sub(self.database) as f64;
+        (
+            (database / total).clamp(0.0, 1.0),
+            ((busy - own - database) / total).clamp(0.0, 1.0),
+        )
     }
 }
 

@@ -62,8 +62,9 @@ pub struct Seeded {
 pub const SAMPLE_EVERY: u64 = 10;
 const BATCH: u64 = 2_000;
 
-/// What to seed: credentials number `0..count` into `tenant`, each a copy of
-/// its integration's template, `workers` batches at a time.
+/// What to seed: the credentials numbered `numbers` (of `total`, for the
+/// progress lines) into `tenant`, each a copy of its integration's
+/// template, `workers` batches at a time.
 pub struct Plan {
     pub store: Arc<dyn Store>,
     pub kek: Arc<MasterKey>,
@@ -71,7 +72,8 @@ pub struct Plan {
     /// The token id the audit entries name.
     pub actor: String,
     pub templates: Vec<CredentialRecord>,
-    pub count: u64,
+    pub numbers: std::ops::Range<u64>,
+    pub total: u64,
     pub workers: usize,
 }
 
@@ -85,9 +87,11 @@ pub async fn seed(
         tenant,
         actor,
         templates,
-        count,
+        numbers,
+        total,
         workers,
     } = plan;
+    let (start, count) = (numbers.start, numbers.end);
     for i in ["stripe", "github"] {
         if !templates.iter().any(|t| t.integration_id == i) {
             bail!("no {i} template credential to seed from");
@@ -105,10 +109,7 @@ pub async fn seed(
                 tokio::time::sleep(Duration::from_secs(5)).await;
                 let d = done.load(Ordering::Relaxed);
                 let rate = d as f64 / started.elapsed().as_secs_f64();
-                progress(format!(
-                    "seeded {d}/{count} ({rate:.0}/s, about {:.0} s to go)",
-                    (count - d.min(count)) as f64 / rate.max(1.0)
-                ));
+                progress(format!("seeded {}/{total} ({rate:.0}/s)", start + d));
             }
         }
     });
@@ -125,7 +126,7 @@ pub async fn seed(
         tasks.push(tokio::spawn(async move {
             let mut sample = Vec::new();
             loop {
-                let first = next_batch.fetch_add(1, Ordering::Relaxed) * BATCH;
+                let first = start + next_batch.fetch_add(1, Ordering::Relaxed) * BATCH;
                 if first >= count {
                     break;
                 }
