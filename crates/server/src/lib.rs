@@ -277,14 +277,13 @@ async fn open_keys(
             );
         }
     }
-    let mut ring = ring.clone();
     for k in recorded
         .iter()
         .filter(|k| k.state == storage::KeyState::Retired)
     {
         if ring.get(&k.id).is_some() {
-            tracing::warn!(key = %k.id, "the key ring holds a retired master key; nothing uses it, and it is not loaded");
-            ring = ring.without(&k.id);
+            // Dropped from memory and the key file by the first key step.
+            tracing::warn!(key = %k.id, "the key ring holds a retired master key; nothing uses it, and it is removed");
         }
     }
     Ok((app::Keys::new(ring, active, key_file), source))

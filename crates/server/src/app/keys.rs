@@ -252,12 +252,22 @@ impl App {
                 // The key is on disk before any data depends on it.
                 let ring = self.keys.read().ring.with(key.clone());
                 let file = file.clone();
-                tokio::task::spawn_blocking(move || ring.write_file(&file))
-                    .await
-                    .map_err(|e| AppError::Internal(e.into()))?
-                    .map_err(|e| {
-                        AppError::Internal(anyhow::anyhow!("cannot write the key file: {e}"))
-                    })?;
+                tokio::task::spawn_blocking(move || {
+                    // Keep any key the operator added to the file meanwhile.
+                    let on_disk = KeyRing::read_file(&file)
+                        .map_err(|e| std::io::Error::other(e.to_string()))?
+                        .unwrap_or_default();
+                    let mut all = on_disk;
+                    for k in ring.keys() {
+                        all = all.with(k.clone());
+                    }
+                    all.write_file(&file)
+                })
+                .await
+                .map_err(|e| AppError::Internal(e.into()))?
+                .map_err(|e| {
+                    AppError::Internal(anyhow::anyhow!("cannot write the key file: {e}"))
+                })?;
                 {
                     let mut held = self.keys.write();
                     held.ring = held.ring.with(key.clone());
