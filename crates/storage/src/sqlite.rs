@@ -659,6 +659,24 @@ impl Store for SqliteStore {
             if let Some(found) = search_window(c, &base, &base_args, &q, &q_integrations, limit)? {
                 return Ok(page(found, limit, |c| &c.id));
             }
+            if q.chars().count() >= 3
+                && q_integrations.is_empty()
+                && fts_matches_fewer_than(c, &q, FTS_DRIVES_BELOW)?
+            {
+                // Few names match: walk the index's matches, not the
+                // tenant's rows (SQLite keeps no statistics, and would
+                // otherwise test a million rows against a handful of hits).
+                let sql = format!(
+                    "SELECT {CREDENTIAL_COLUMNS} FROM
+                       (SELECT rowid AS hit FROM credentials_fts WHERE credentials_fts MATCH ?) f
+                     CROSS JOIN credentials c ON c.seq = f.hit
+                     WHERE {base} ORDER BY c.id DESC LIMIT ?"
+                );
+                let mut args: Vec<Value> = vec![fts_phrase(&q).into()];
+                args.extend(base_args);
+                args.push((limit as i64 + 1).into());
+                return Ok(page(query_credentials(c, &sql, args)?, limit, |c| &c.id));
+            }
             let mut alternatives = Vec::new();
             let mut args = base_args;
             if q.chars().count() >= 3 {
@@ -1580,6 +1598,21 @@ fn query_credentials(c: &Connection, sql: &str, args: Vec<Value>) -> Result<Vec<
         .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
         .map_err(backend)?;
     Ok(rows)
+}
+
+/// Below this many full-text matches a search is driven by the matches.
+const FTS_DRIVES_BELOW: i64 = 2000;
+
+/// Whether the name index holds fewer than `n` matches of `q` (any tenant).
+fn fts_matches_fewer_than(c: &Connection, q: &str, n: i64) -> Result<bool> {
+    let found: i64 = c
+        .prepare_cached(
+            "SELECT count(*) FROM
+               (SELECT 1 FROM credentials_fts WHERE credentials_fts MATCH ?1 LIMIT ?2)",
+        )
+        .and_then(|mut s| s.query_row(params![fts_phrase(q), n], |r| r.get(0)))
+        .map_err(backend)?;
+    Ok(found < n)
 }
 
 /// Scans the newest `SEARCH_WINDOW` rows (names and integrations only) for
