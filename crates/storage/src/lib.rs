@@ -232,6 +232,29 @@ pub struct EventRecord {
     pub received_at: DateTime<Utc>,
 }
 
+/// An event to store, with what the store checks in the same transaction.
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    pub event: EventRecord,
+    /// The credential version the event was verified against: it is stored
+    /// only while the credential still exists at that version.
+    pub credential_version: Option<i64>,
+    /// When the event has no `user_id`, look its `app_user_id` up in the
+    /// credential's user mappings, in the same transaction.
+    pub map_user: bool,
+}
+
+/// What [`Store::store_event`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EventStored {
+    /// Stored, with the user id it was stored with.
+    Stored { user_id: Option<String> },
+    /// A delivery id already stored for the credential and kind: not stored again.
+    Duplicate,
+    /// The credential is gone or no longer at the version given: not stored.
+    CredentialChanged,
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct EventFilter {
     pub credential_id: Option<String>,
@@ -424,8 +447,22 @@ pub trait Store: Send + Sync + 'static {
     async fn delete_service(&self, tenant: &str, id: &str, audit: AuditEntry) -> Result<()>;
 
     /// Stores an event unless one with the same delivery id exists for the
-    /// credential and kind; true when stored. Durable when it returns.
-    async fn insert_event(&self, event: EventRecord) -> Result<bool>;
+    /// credential and kind, and (when `credential_version` is given) only
+    /// while the credential is still at that version; durable when it
+    /// returns. Concurrent calls share commits (group commit).
+    async fn store_event(&self, event: NewEvent) -> Result<EventStored>;
+    /// [`Store::store_event`] with no version check and no mapping: true when stored.
+    async fn insert_event(&self, event: EventRecord) -> Result<bool> {
+        Ok(matches!(
+            self.store_event(NewEvent {
+                event,
+                credential_version: None,
+                map_user: false,
+            })
+            .await?,
+            EventStored::Stored { .. }
+        ))
+    }
     async fn get_event(&self, tenant: &str, id: &str) -> Result<Option<EventRecord>>;
     async fn list_events(
         &self,

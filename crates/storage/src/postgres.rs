@@ -24,7 +24,7 @@
 //! (PostgreSQL's contrib); the first migration installs it in `public` unless
 //! it is installed already. Connections are plain TCP or socket (`NoTls`).
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -78,7 +78,7 @@ const EVENT_BATCH: usize = 512;
 /// batch gathers the deliveries that arrive meanwhile.
 const EVENT_WRITERS: usize = 2;
 
-type EventJob = (EventRecord, oneshot::Sender<Result<bool>>);
+type EventJob = (NewEvent, oneshot::Sender<Result<EventStored>>);
 
 pub struct PostgresStore {
     pool: Pool,
@@ -359,57 +359,123 @@ impl Args {
     }
 }
 
+/// Inserts a credential, its sealed secrets and (for one create) its audit
+/// entry. The checks and writes are sent together (pipelined: the statements
+/// are prepared first, from the connection's cache once warm, then each is
+/// sent as it is first polled, in order) and run in that order by the
+/// server, so a create costs one round trip inside its transaction instead
+/// of one per statement. A check that fails leaves the writes after it to
+/// be rolled back with the transaction.
 async fn insert_credential(
     tx: &impl GenericClient,
     rec: &CredentialRecord,
     secrets: &[SealedSecret],
+    audit: Option<&AuditEntry>,
 ) -> Result<()> {
-    refuse_retired_key(tx, &rec.kek_id).await?;
-    lock_name(tx, NameLock::Credential, &rec.tenant_id, &rec.name).await?;
-    name_clash(tx, &rec.tenant_id, &rec.name, &rec.id).await?;
-    exec(
-            tx,
-            &format!(
-                "INSERT INTO credentials ({CREDENTIAL_COLUMNS}) VALUES
-                 ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)"
-            ),
-            &[
-                &rec.id,
-                &rec.tenant_id,
-                &rec.name,
-                &rec.description,
-                &rec.integration_id,
-                &rec.auth_type,
-                &Json(&rec.services),
-                &Json(&rec.scopes),
-                &Json(&rec.params),
-                &Json(&rec.secret_fields),
-                &rec.status,
-                &rec.status_message,
-                &rec.checked_at.map(ms),
-                &rec.version,
-                &rec.kek_id,
-                &rec.wrapped_dek,
-                &ms(rec.created_at),
-                &rec.created_by,
-                &ms(rec.updated_at),
-                &rec.updated_by,
-            ],
-        )
-        .await?;
-    put_secrets(tx, &rec.id, secrets).await
+    let key = tx.prepare_cached(RETIRED_KEY_SQL).await.map_err(pg)?;
+    let lock = tx.prepare_cached(LOCK_NAME_SQL).await.map_err(pg)?;
+    let clash = tx.prepare_cached(NAME_CLASH_SQL).await.map_err(pg)?;
+    let insert = tx
+        .prepare_cached(&format!(
+            "INSERT INTO credentials ({CREDENTIAL_COLUMNS}) VALUES
+             ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)"
+        ))
+        .await
+        .map_err(pg)?;
+    let put = tx.prepare_cached(PUT_SECRET_SQL).await.map_err(pg)?;
+    let log = tx.prepare_cached(AUDIT_SQL).await.map_err(pg)?;
+    let (services, scopes, params, fields) = (
+        Json(&rec.services),
+        Json(&rec.scopes),
+        Json(&rec.params),
+        Json(&rec.secret_fields),
+    );
+    let (checked_at, created_at, updated_at) = (
+        rec.checked_at.map(ms),
+        ms(rec.created_at),
+        ms(rec.updated_at),
+    );
+    let insert_params: [&(dyn ToSql + Sync); 20] = [
+        &rec.id,
+        &rec.tenant_id,
+        &rec.name,
+        &rec.description,
+        &rec.integration_id,
+        &rec.auth_type,
+        &services,
+        &scopes,
+        &params,
+        &fields,
+        &rec.status,
+        &rec.status_message,
+        &checked_at,
+        &rec.version,
+        &rec.kek_id,
+        &rec.wrapped_dek,
+        &created_at,
+        &rec.created_by,
+        &updated_at,
+        &rec.updated_by,
+    ];
+    let kind = NameLock::Credential as i32;
+    let key_params: [&(dyn ToSql + Sync); 1] = [&rec.kek_id];
+    let lock_params: [&(dyn ToSql + Sync); 3] = [&kind, &rec.tenant_id, &rec.name];
+    let clash_params: [&(dyn ToSql + Sync); 3] = [&rec.tenant_id, &rec.name, &rec.id];
+    let secret_params: Vec<[&(dyn ToSql + Sync); 3]> = secrets
+        .iter()
+        .map(|s| -> [&(dyn ToSql + Sync); 3] { [&rec.id, &s.field, &s.sealed] })
+        .collect();
+    let audit_at = audit.map(|a| ms(a.at));
+    let audit_params: Option<[&(dyn ToSql + Sync); 10]> =
+        audit
+            .zip(audit_at.as_ref())
+            .map(|(a, at)| -> [&(dyn ToSql + Sync); 10] {
+                [
+                    &a.id,
+                    &a.tenant_id,
+                    &a.actor_id,
+                    &a.actor_name,
+                    &a.action,
+                    &a.target_type,
+                    &a.target_id,
+                    at,
+                    &a.source,
+                    &a.details,
+                ]
+            });
+    let (key_state, locked, clashing, inserted, put_secrets, logged) = futures_util::join!(
+        tx.query_opt(&key, &key_params),
+        tx.execute(&lock, &lock_params),
+        tx.query_opt(&clash, &clash_params),
+        tx.execute(&insert, &insert_params),
+        futures_util::future::join_all(secret_params.iter().map(|p| tx.execute(&put, p))),
+        async {
+            match &audit_params {
+                Some(p) => tx.execute(&log, p).await.map(|_| ()),
+                None => Ok(()),
+            }
+        },
+    );
+    retired_key_state(key_state.map_err(pg)?, &rec.kek_id)?;
+    locked.map_err(pg)?;
+    name_clash_row(clashing.map_err(pg)?)?;
+    inserted.map_err(pg)?;
+    for put in put_secrets {
+        put.map_err(pg)?;
+    }
+    logged.map_err(pg)
 }
 
 /// A data key wrapped by a retired master key must not be stored: nothing
 /// would re-wrap it. The shared row lock makes `retire_key`, which updates
 /// that row first, wait for this transaction (and this one for it).
 async fn refuse_retired_key(tx: &impl GenericClient, kek_id: &str) -> Result<()> {
-    let state = row(
-        tx,
-        "SELECT state FROM master_keys WHERE id = $1 FOR SHARE",
-        &[&kek_id],
-    )
-    .await?;
+    retired_key_state(row(tx, RETIRED_KEY_SQL, &[&kek_id]).await?, kek_id)
+}
+
+const RETIRED_KEY_SQL: &str = "SELECT state FROM master_keys WHERE id = $1 FOR SHARE";
+
+fn retired_key_state(state: Option<Row>, kek_id: &str) -> Result<()> {
     match state
         .map(|r| r.try_get::<_, String>(0))
         .transpose()
@@ -471,14 +537,25 @@ async fn update_credential(tx: &impl GenericClient, u: &CredentialUpdate) -> Res
     Ok(())
 }
 
+const AUDIT_SQL: &str =
+    "INSERT INTO audit (id, tenant_id, actor_id, actor_name, action, target_type, target_id, at, source, details)
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)";
+
 async fn write_audit(c: &impl GenericClient, a: &AuditEntry) -> Result<()> {
     exec(
         c,
-        "INSERT INTO audit (id, tenant_id, actor_id, actor_name, action, target_type, target_id, at, source, details)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+        AUDIT_SQL,
         &[
-            &a.id, &a.tenant_id, &a.actor_id, &a.actor_name, &a.action, &a.target_type,
-            &a.target_id, &ms(a.at), &a.source, &a.details,
+            &a.id,
+            &a.tenant_id,
+            &a.actor_id,
+            &a.actor_name,
+            &a.action,
+            &a.target_type,
+            &a.target_id,
+            &ms(a.at),
+            &a.source,
+            &a.details,
         ],
     )
     .await?;
@@ -488,13 +565,11 @@ async fn write_audit(c: &impl GenericClient, a: &AuditEntry) -> Result<()> {
 /// Queues this transaction behind any other that checks or writes the same
 /// name of the same tenant, until commit; the check that follows then sees
 /// the other's row. (A hash collision only makes two names queue together.)
+const LOCK_NAME_SQL: &str =
+    "SELECT pg_advisory_xact_lock($1::int4, hashtext($2::text || '/' || lower($3::text COLLATE \"C\")))";
+
 async fn lock_name(c: &impl GenericClient, kind: NameLock, tenant: &str, name: &str) -> Result<()> {
-    exec(
-        c,
-        "SELECT pg_advisory_xact_lock($1::int4, hashtext($2::text || '/' || lower($3::text COLLATE \"C\")))",
-        &[&(kind as i32), &tenant, &name],
-    )
-    .await?;
+    exec(c, LOCK_NAME_SQL, &[&(kind as i32), &tenant, &name]).await?;
     Ok(())
 }
 
@@ -573,20 +648,24 @@ async fn insert_token(c: &impl GenericClient, t: &TokenRecord) -> Result<()> {
 
 /// NameTaken with the id of another credential of the tenant with this name
 /// (compared with ASCII case folded, as SQLite's `lower` does).
+const NAME_CLASH_SQL: &str = "SELECT id FROM credentials
+     WHERE tenant_id = $1 AND lower(name COLLATE \"C\") = lower($2::text COLLATE \"C\") AND id <> $3
+     LIMIT 1";
+
 async fn name_clash(c: &impl GenericClient, tenant: &str, name: &str, except: &str) -> Result<()> {
-    let clash = row(
-        c,
-        "SELECT id FROM credentials
-         WHERE tenant_id = $1 AND lower(name COLLATE \"C\") = lower($2::text COLLATE \"C\") AND id <> $3
-         LIMIT 1",
-        &[&tenant, &name, &except],
-    )
-    .await?;
+    name_clash_row(row(c, NAME_CLASH_SQL, &[&tenant, &name, &except]).await?)
+}
+
+fn name_clash_row(clash: Option<Row>) -> Result<()> {
     match clash {
         Some(r) => Err(StoreError::NameTaken(r.try_get(0).map_err(pg)?)),
         None => Ok(()),
     }
 }
+
+const PUT_SECRET_SQL: &str =
+    "INSERT INTO credential_secrets (credential_id, field, sealed) VALUES ($1, $2, $3)
+     ON CONFLICT (credential_id, field) DO UPDATE SET sealed = excluded.sealed";
 
 async fn put_secrets(
     c: &impl GenericClient,
@@ -594,13 +673,7 @@ async fn put_secrets(
     secrets: &[SealedSecret],
 ) -> Result<()> {
     for s in secrets {
-        exec(
-            c,
-            "INSERT INTO credential_secrets (credential_id, field, sealed) VALUES ($1, $2, $3)
-             ON CONFLICT (credential_id, field) DO UPDATE SET sealed = excluded.sealed",
-            &[&credential, &s.field, &s.sealed],
-        )
-        .await?;
+        exec(c, PUT_SECRET_SQL, &[&credential, &s.field, &s.sealed]).await?;
     }
     Ok(())
 }
@@ -958,8 +1031,7 @@ impl Store for PostgresStore {
     ) -> Result<()> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(pg)?;
-        insert_credential(&tx, &rec, &secrets).await?;
-        write_audit(&tx, &audit).await?;
+        insert_credential(&tx, &rec, &secrets, Some(&audit)).await?;
         tx.commit().await.map_err(pg)
     }
 
@@ -968,7 +1040,9 @@ impl Store for PostgresStore {
         let tx = client.transaction().await.map_err(pg)?;
         for item in &items {
             match item {
-                ImportItem::Insert(rec, secrets) => insert_credential(&tx, rec, secrets).await?,
+                ImportItem::Insert(rec, secrets) => {
+                    insert_credential(&tx, rec, secrets, None).await?
+                }
                 ImportItem::Update(u) => update_credential(&tx, u).await?,
             }
         }
@@ -1297,7 +1371,7 @@ impl Store for PostgresStore {
         tx.commit().await.map_err(pg)
     }
 
-    async fn insert_event(&self, e: EventRecord) -> Result<bool> {
+    async fn store_event(&self, e: NewEvent) -> Result<EventStored> {
         let queue = self.events.get_or_init(|| {
             let (tx, rx) = mpsc::channel(8192);
             let rx = Arc::new(Mutex::new(rx));
@@ -1887,11 +1961,14 @@ async fn event_writer(pool: Pool, queue: Arc<Mutex<mpsc::Receiver<EventJob>>>) {
                 }
             }
         }
-        let events: Vec<&EventRecord> = batch.iter().map(|(e, _)| e).collect();
+        let events: Vec<&NewEvent> = batch.iter().map(|(e, _)| e).collect();
         match insert_events(&pool, &events).await {
-            Ok(stored) => {
+            Ok(mut outcomes) => {
                 for (e, done) in batch {
-                    let _ = done.send(Ok(stored.contains(&e.id)));
+                    let outcome = outcomes
+                        .remove(&e.event.id)
+                        .unwrap_or(EventStored::Duplicate);
+                    let _ = done.send(Ok(outcome));
                 }
             }
             Err(e) if batch.len() == 1 => {
@@ -1901,7 +1978,9 @@ async fn event_writer(pool: Pool, queue: Arc<Mutex<mpsc::Receiver<EventJob>>>) {
             Err(_) => {
                 for (e, done) in batch {
                     let alone = insert_events(&pool, &[&e]).await;
-                    let _ = done.send(alone.map(|stored| stored.contains(&e.id)));
+                    let _ = done.send(
+                        alone.map(|mut o| o.remove(&e.event.id).unwrap_or(EventStored::Duplicate)),
+                    );
                 }
             }
         }
@@ -1909,40 +1988,74 @@ async fn event_writer(pool: Pool, queue: Arc<Mutex<mpsc::Receiver<EventJob>>>) {
 }
 
 /// Inserts `events` in one statement (its own transaction, durable once it
-/// returns); a delivery id already stored, or repeated in the batch, is
-/// skipped. Returns the ids of the events stored.
-async fn insert_events(pool: &Pool, events: &[&EventRecord]) -> Result<HashSet<String>> {
+/// returns): each only while its credential is at the version it names, and
+/// not when its delivery id is already stored or repeated in the batch; the
+/// user mapping is looked up in the same statement. Returns each event's
+/// outcome by event id.
+async fn insert_events(pool: &Pool, events: &[&NewEvent]) -> Result<HashMap<String, EventStored>> {
     let client = pool.get().await.map_err(|e| backend(&e))?;
     let mut args = Args::default();
     let mut tuples = Vec::with_capacity(events.len());
-    for e in events {
+    for n in events {
+        let e = &n.event;
         let placeholders = [
-            args.bind(e.id.clone()),
-            args.bind(e.tenant_id.clone()),
-            args.bind(e.credential_id.clone()),
-            args.bind(e.kind.clone()),
-            args.bind(e.valid_request),
-            args.bind(e.app_user_id.clone()),
-            args.bind(e.user_id.clone()),
-            args.bind(e.event_type.clone()),
-            args.bind(e.delivery_id.clone()),
-            args.bind(e.payload.clone()),
-            args.bind(ms(e.received_at)),
+            format!("{}::text", args.bind(e.id.clone())),
+            format!("{}::text", args.bind(e.tenant_id.clone())),
+            format!("{}::text", args.bind(e.credential_id.clone())),
+            format!("{}::text", args.bind(e.kind.clone())),
+            format!("{}::boolean", args.bind(e.valid_request)),
+            format!("{}::text", args.bind(e.app_user_id.clone())),
+            format!("{}::text", args.bind(e.user_id.clone())),
+            format!("{}::text", args.bind(e.event_type.clone())),
+            format!("{}::text", args.bind(e.delivery_id.clone())),
+            format!("{}::jsonb", args.bind(e.payload.clone())),
+            format!("{}::timestamptz", args.bind(ms(e.received_at))),
+            format!("{}::bigint", args.bind(n.credential_version)),
+            format!("{}::boolean", args.bind(n.map_user)),
         ];
         tuples.push(format!("({})", placeholders.join(", ")));
     }
     let sql = format!(
-        "INSERT INTO events ({EVENT_COLUMNS}) VALUES {}
-         ON CONFLICT (credential_id, kind, delivery_id) WHERE delivery_id IS NOT NULL DO NOTHING
-         RETURNING id",
+        "WITH v (id, tenant_id, credential_id, kind, valid_request, app_user_id, user_id, event_type,
+                 delivery_id, payload, received_at, credential_version, map_user) AS (VALUES {}),
+         ok AS (
+             SELECT v.* FROM v
+             WHERE v.credential_version IS NULL
+                OR EXISTS (SELECT 1 FROM credentials c
+                           WHERE c.id = v.credential_id AND c.version = v.credential_version)
+         ),
+         ins AS (
+             INSERT INTO events ({EVENT_COLUMNS})
+             SELECT ok.id, ok.tenant_id, ok.credential_id, ok.kind, ok.valid_request, ok.app_user_id,
+                    COALESCE(ok.user_id, m.user_id), ok.event_type, ok.delivery_id, ok.payload,
+                    ok.received_at
+             FROM ok LEFT JOIN user_mappings m
+               ON ok.map_user AND ok.user_id IS NULL
+              AND m.credential_id = ok.credential_id AND m.app_user_id = ok.app_user_id
+             ON CONFLICT (credential_id, kind, delivery_id) WHERE delivery_id IS NOT NULL DO NOTHING
+             RETURNING id, user_id
+         )
+         SELECT v.id, ok.id IS NOT NULL, ins.id IS NOT NULL, ins.user_id
+         FROM v LEFT JOIN ok ON ok.id = v.id LEFT JOIN ins ON ins.id = v.id",
         tuples.join(", ")
     );
-    rows(&client, &sql, &args.refs())
-        .await?
-        .iter()
-        .map(|r| r.try_get::<_, String>(0))
-        .collect::<std::result::Result<_, _>>()
-        .map_err(pg)
+    let mut out = HashMap::with_capacity(events.len());
+    for r in rows(&client, &sql, &args.refs()).await? {
+        let id: String = r.try_get(0).map_err(pg)?;
+        let current: bool = r.try_get(1).map_err(pg)?;
+        let stored: bool = r.try_get(2).map_err(pg)?;
+        let outcome = if !current {
+            EventStored::CredentialChanged
+        } else if stored {
+            EventStored::Stored {
+                user_id: r.try_get(3).map_err(pg)?,
+            }
+        } else {
+            EventStored::Duplicate
+        };
+        out.insert(id, outcome);
+    }
+    Ok(out)
 }
 
 fn from_millis(t: i64) -> Result<DateTime<Utc>> {

@@ -25,7 +25,15 @@ const MAX_BATCH: usize = 512;
 const READERS: usize = 4;
 
 type Finish = Box<dyn FnOnce(std::result::Result<(), StoreError>) + Send>;
-type Job = Box<dyn FnOnce(&Connection) -> (bool, Finish) + Send>;
+type Work = Box<dyn FnOnce(&Connection) -> (bool, Finish) + Send>;
+
+/// A write for the writer thread. `alone`: the work makes at most one
+/// change, with one statement (which SQLite applies whole or not at all), so
+/// it needs no savepoint of its own to be undone alone.
+struct Job {
+    work: Work,
+    alone: bool,
+}
 
 pub struct SqliteStore {
     writer: mpsc::Sender<Job>,
@@ -57,6 +65,9 @@ fn open(path: &Path, read_only: bool) -> rusqlite::Result<Connection> {
     )?;
     if read_only {
         conn.execute_batch("PRAGMA query_only = ON;")?;
+    } else {
+        // The writer's savepoint journals stay in memory, not in a temp file.
+        conn.execute_batch("PRAGMA temp_store = MEMORY;")?;
     }
     Ok(conn)
 }
@@ -123,8 +134,25 @@ impl SqliteStore {
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T> + Send + 'static,
     {
+        self.write_job(f, false).await
+    }
+
+    /// [`SqliteStore::write`] for work whose only change is one statement.
+    async fn write_one_statement<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T> + Send + 'static,
+    {
+        self.write_job(f, true).await
+    }
+
+    async fn write_job<T, F>(&self, f: F, alone: bool) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T> + Send + 'static,
+    {
         let (done, wait) = oneshot::channel();
-        let job: Job = Box::new(move |conn| {
+        let work: Work = Box::new(move |conn| {
             let result = f(conn);
             let ok = result.is_ok();
             let finish: Finish = Box::new(move |commit| {
@@ -136,11 +164,23 @@ impl SqliteStore {
             (ok, finish)
         });
         self.writer
-            .send(job)
+            .send(Job { work, alone })
             .await
             .map_err(|_| backend("the writer has stopped"))?;
         wait.await
             .map_err(|_| backend("the writer dropped a job"))?
+    }
+
+    /// A read of one key (a B-tree descent or two: microseconds) on the
+    /// calling thread. Handing it to a blocking thread and back would cost
+    /// more than the read; scans and searches use [`SqliteStore::read`].
+    async fn read_point<T, F>(&self, f: F) -> Result<T>
+    where
+        F: FnOnce(&Connection) -> Result<T>,
+    {
+        let _permit = self.read_permits.acquire().await.map_err(backend)?;
+        let reader = Reader::take(&self.readers);
+        f(reader.conn())
     }
 
     async fn read<T, F>(&self, f: F) -> Result<T>
@@ -156,18 +196,52 @@ impl SqliteStore {
             .map_err(backend)?;
         let pool = self.readers.clone();
         tokio::task::spawn_blocking(move || {
-            let conn = pool
-                .lock()
-                .expect("reader pool poisoned")
-                .pop()
-                .expect("a permit guarantees a reader");
-            let result = f(&conn);
-            pool.lock().expect("reader pool poisoned").push(conn);
+            let reader = Reader::take(&pool);
+            let result = f(reader.conn());
+            drop(reader);
             drop(permit);
             result
         })
         .await
         .map_err(backend)?
+    }
+}
+
+/// A reader connection out of the pool, put back when dropped (also when
+/// the read panics). Taken only under a read permit, so there is one.
+struct Reader<'a> {
+    pool: &'a Mutex<Vec<Connection>>,
+    conn: Option<Connection>,
+}
+
+impl<'a> Reader<'a> {
+    fn take(pool: &'a Mutex<Vec<Connection>>) -> Reader<'a> {
+        let conn = pool
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .pop()
+            .expect("a permit guarantees a reader");
+        Reader {
+            pool,
+            conn: Some(conn),
+        }
+    }
+
+    fn conn(&self) -> &Connection {
+        self.conn
+            .as_ref()
+            .expect("a reader holds its connection until dropped")
+    }
+}
+
+impl Drop for Reader<'_> {
+    fn drop(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            self.pool
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(conn);
+        }
     }
 }
 
@@ -195,8 +269,14 @@ fn writer_jobs(conn: &Connection, rx: &mut mpsc::Receiver<Job>) {
         }
         let mut finishes = Vec::with_capacity(batch.len());
         for job in batch {
+            if job.alone {
+                // A failed statement has changed nothing.
+                let (_, finish) = (job.work)(conn);
+                finishes.push(finish);
+                continue;
+            }
             let sp = conn.execute_batch("SAVEPOINT job");
-            let (ok, finish) = job(conn);
+            let (ok, finish) = (job.work)(conn);
             let end = if ok && sp.is_ok() {
                 "RELEASE job"
             } else {
@@ -411,7 +491,7 @@ fn fts_phrase(q: &str) -> String {
 impl Store for SqliteStore {
     async fn meta_get(&self, key: &str) -> Result<Option<Vec<u8>>> {
         let key = key.to_string();
-        self.read(move |c| {
+        self.read_point(move |c| {
             c.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
                 .optional()
                 .map_err(backend)
@@ -549,7 +629,7 @@ impl Store for SqliteStore {
     }
 
     async fn find_token(&self, hash: [u8; 32]) -> Result<Option<(TokenRecord, TenantRecord)>> {
-        self.read(move |c| {
+        self.read_point(move |c| {
             c.prepare_cached(
                 "SELECT k.id, k.tenant_id, k.name, k.role, k.hash, k.created_at, k.created_by, k.revoked_at,
                         t.id, t.name, t.is_operator, t.created_at
@@ -592,11 +672,12 @@ impl Store for SqliteStore {
 
     async fn get_credential(&self, tenant: &str, id: &str) -> Result<Option<CredentialRecord>> {
         let (tenant, id) = (tenant.to_string(), id.to_string());
-        self.read(move |c| get_credential(c, &tenant, &id)).await
+        self.read_point(move |c| get_credential(c, &tenant, &id))
+            .await
     }
     async fn credential_id_by_name(&self, tenant: &str, name: &str) -> Result<Option<String>> {
         let (tenant, name) = (tenant.to_string(), name.to_string());
-        self.read(move |c| match name_clash(c, &tenant, &name, "") {
+        self.read_point(move |c| match name_clash(c, &tenant, &name, "") {
             Err(StoreError::NameTaken(id)) => Ok(Some(id)),
             Err(e) => Err(e),
             Ok(()) => Ok(None),
@@ -810,7 +891,7 @@ impl Store for SqliteStore {
         id: &str,
     ) -> Result<Option<(CredentialRecord, Vec<SealedSecret>)>> {
         let id = id.to_string();
-        self.read(move |c| {
+        self.read_point(move |c| {
             let rec = c
                 .prepare_cached(&format!(
                     "SELECT {CREDENTIAL_COLUMNS} FROM credentials WHERE id = ?1"
@@ -843,7 +924,7 @@ impl Store for SqliteStore {
 
     async fn get_service(&self, tenant: &str, id: &str) -> Result<Option<ServiceRecord>> {
         let (tenant, id) = (tenant.to_string(), id.to_string());
-        self.read(move |c| {
+        self.read_point(move |c| {
             c.prepare_cached(&format!(
                 "SELECT {SERVICE_COLUMNS} FROM services WHERE tenant_id = ?1 AND id = ?2"
             ))
@@ -935,8 +1016,36 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn insert_event(&self, e: EventRecord) -> Result<bool> {
-        self.write(move |c| {
+    async fn store_event(&self, new: NewEvent) -> Result<EventStored> {
+        self.write_one_statement(move |c| {
+            let NewEvent {
+                event: e,
+                credential_version,
+                map_user,
+            } = new;
+            // The writer runs one job at a time, so what is checked here still
+            // holds at the commit.
+            if let Some(expected) = credential_version {
+                let current: Option<i64> = c
+                    .prepare_cached("SELECT version FROM credentials WHERE id = ?1")
+                    .and_then(|mut s| s.query_row([&e.credential_id], |r| r.get(0)).optional())
+                    .map_err(backend)?;
+                if current != Some(expected) {
+                    return Ok(EventStored::CredentialChanged);
+                }
+            }
+            let user_id = match (&e.user_id, &e.app_user_id) {
+                (None, Some(app_user)) if map_user => c
+                    .prepare_cached(
+                        "SELECT user_id FROM user_mappings WHERE credential_id = ?1 AND app_user_id = ?2",
+                    )
+                    .and_then(|mut s| {
+                        s.query_row([&e.credential_id, app_user], |r| r.get(0))
+                            .optional()
+                    })
+                    .map_err(backend)?,
+                _ => e.user_id.clone(),
+            };
             let n = c
                 .prepare_cached(&format!(
                     "INSERT INTO events ({EVENT_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
@@ -945,18 +1054,22 @@ impl Store for SqliteStore {
                 .and_then(|mut s| {
                     s.execute(params![
                         e.id, e.tenant_id, e.credential_id, e.kind, e.valid_request, e.app_user_id,
-                        e.user_id, e.event_type, e.delivery_id, e.payload.to_string(), ms(e.received_at)
+                        user_id, e.event_type, e.delivery_id, e.payload.to_string(), ms(e.received_at)
                     ])
                 })
                 .map_err(backend)?;
-            Ok(n == 1)
+            Ok(if n == 1 {
+                EventStored::Stored { user_id }
+            } else {
+                EventStored::Duplicate
+            })
         })
         .await
     }
 
     async fn get_event(&self, tenant: &str, id: &str) -> Result<Option<EventRecord>> {
         let (tenant, id) = (tenant.to_string(), id.to_string());
-        self.read(move |c| {
+        self.read_point(move |c| {
             c.prepare_cached(&format!(
                 "SELECT {EVENT_COLUMNS} FROM events WHERE tenant_id = ?1 AND id = ?2"
             ))
@@ -1090,7 +1203,7 @@ impl Store for SqliteStore {
         app_user_id: &str,
     ) -> Result<Option<String>> {
         let (credential, app_user_id) = (credential.to_string(), app_user_id.to_string());
-        self.read(move |c| {
+        self.read_point(move |c| {
             c.prepare_cached(
                 "SELECT user_id FROM user_mappings WHERE credential_id = ?1 AND app_user_id = ?2",
             )
@@ -1123,7 +1236,7 @@ impl Store for SqliteStore {
         id_hash: [u8; 32],
         now: DateTime<Utc>,
     ) -> Result<Option<(SessionRecord, TokenRecord, TenantRecord)>> {
-        self.read(move |c| {
+        self.read_point(move |c| {
             c.prepare_cached(
                 "SELECT k.id, k.tenant_id, k.name, k.role, k.hash, k.created_at, k.created_by, k.revoked_at,
                         t.id, t.name, t.is_operator, t.created_at, s.csrf, s.created_at, s.expires_at

@@ -1108,6 +1108,109 @@ async fn services_in_use() {
 }
 
 #[tokio::test]
+async fn an_event_is_stored_only_at_the_credential_version_it_was_checked_against() {
+    each_backend(|s| async move {
+        two_tenants(&s).await;
+        s.insert_credential(
+            credential("ten_a", "cred_1", "Stripe", "stripe"),
+            vec![secret("webhook_secret", b"sealed-w")],
+            audit("ten_a", "credential.create"),
+        )
+        .await
+        .unwrap();
+        s.put_user_mapping(
+            "ten_a",
+            "cred_1",
+            UserMapping {
+                app_user_id: "U1".into(),
+                user_id: "user_1".into(),
+                created_at: t(10),
+            },
+            audit("ten_a", "mapping.put"),
+        )
+        .await
+        .unwrap();
+        let new = |id: &str,
+                   credential: &str,
+                   version: Option<i64>,
+                   app_user: Option<&str>,
+                   user: Option<&str>,
+                   map_user: bool| NewEvent {
+            event: EventRecord {
+                app_user_id: app_user.map(str::to_string),
+                user_id: user.map(str::to_string),
+                ..event("ten_a", id, credential, "webhook", Some(id))
+            },
+            credential_version: version,
+            map_user,
+        };
+        let stored = |user: Option<&str>| EventStored::Stored {
+            user_id: user.map(str::to_string),
+        };
+        // At the credential's version, the user looked up as it is written.
+        let cases = [
+            (
+                new("evt_1", "cred_1", Some(1), Some("U1"), None, true),
+                stored(Some("user_1")),
+            ),
+            (
+                new("evt_2", "cred_1", Some(1), Some("U2"), None, true),
+                stored(None),
+            ),
+            (
+                new("evt_3", "cred_1", Some(1), Some("U1"), None, false),
+                stored(None),
+            ),
+            (
+                new("evt_4", "cred_1", Some(1), Some("U1"), Some("user_7"), true),
+                stored(Some("user_7")),
+            ),
+            (
+                new("evt_5", "cred_1", None, Some("U1"), None, true),
+                stored(Some("user_1")),
+            ),
+            // Another version, or a credential that is not there: not stored.
+            (
+                new("evt_6", "cred_1", Some(2), Some("U1"), None, true),
+                EventStored::CredentialChanged,
+            ),
+            (
+                new("evt_7", "cred_404", Some(1), None, None, false),
+                EventStored::CredentialChanged,
+            ),
+        ];
+        for (n, want) in cases.clone() {
+            let id = n.event.id.clone();
+            assert_eq!(s.store_event(n).await.unwrap(), want, "{id}");
+        }
+        let event_1 = s.get_event("ten_a", "evt_1").await.unwrap().unwrap();
+        assert_eq!(event_1.user_id.as_deref(), Some("user_1"));
+        assert_eq!(event_1.app_user_id.as_deref(), Some("U1"));
+        for id in ["evt_6", "evt_7"] {
+            assert_eq!(s.get_event("ten_a", id).await.unwrap(), None, "{id}");
+        }
+        // The same deliveries again, all at once (one group commit on
+        // PostgreSQL): the stored ones are duplicates, the others still
+        // refused for their version.
+        let mut set = JoinSet::new();
+        for (mut n, want) in cases {
+            n.event.id = format!("{}_again", n.event.id);
+            let want = match want {
+                EventStored::Stored { .. } => EventStored::Duplicate,
+                other => other,
+            };
+            let s = s.clone();
+            set.spawn(async move { (s.store_event(n).await.unwrap(), want) });
+        }
+        while let Some(r) = set.join_next().await {
+            let (got, want) = r.unwrap();
+            assert_eq!(got, want);
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn events_are_stored_once_per_delivery() {
     each_backend(|s| async move {
         two_tenants(&s).await;

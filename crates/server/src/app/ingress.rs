@@ -152,6 +152,53 @@ fn malformed(e: ParseError) -> IngressError {
     }
 }
 
+/// Credentials ingress has read recently, as stored: the record and its
+/// sealed secrets (ciphertext only; a secret is opened per delivery and
+/// dropped after). A delivery verified against a remembered credential is
+/// stored only if the credential is still at that version, checked in the
+/// event's own write transaction ([`storage::NewEvent`]); otherwise the
+/// credential is read again and the delivery handled anew. So a change made
+/// on any replica applies to the next delivery, and a hot credential costs
+/// no read per delivery.
+pub struct IngressCredentials {
+    cache: quick_cache::sync::Cache<String, Arc<IngressCredential>>,
+}
+
+/// Credentials ingress remembers, at most.
+pub const INGRESS_CREDENTIALS: usize = 4096;
+
+impl Default for IngressCredentials {
+    fn default() -> Self {
+        IngressCredentials {
+            cache: quick_cache::sync::Cache::new(INGRESS_CREDENTIALS),
+        }
+    }
+}
+
+impl IngressCredentials {
+    pub fn forget(&self, credential_id: &str) {
+        self.cache.remove(credential_id);
+    }
+}
+
+pub struct IngressCredential {
+    record: storage::CredentialRecord,
+    sealed: Vec<storage::SealedSecret>,
+}
+
+/// How often one delivery is handled again because its credential changed
+/// while it was being handled.
+const INGRESS_ATTEMPTS: usize = 3;
+
+/// A delivery verified and parsed, ready to store.
+enum Checked {
+    /// The event, and whether it should have a user (an app user id, or a
+    /// mapper that reads the payload): stored without one, it counts as
+    /// `unmapped_user`.
+    Event(Box<storage::NewEvent>, bool),
+    Handshake(String, String),
+}
+
 impl App {
     /// Handles one delivery to `/hooks/{id}` or `/actions/{id}`.
     pub async fn receive(
@@ -163,31 +210,99 @@ impl App {
         if !domain::ids::is_id("cred", credential_id) {
             return Err(IngressError::NotFound);
         }
-        let (record, sealed) = self
-            .store
-            .get_sealed_by_id(credential_id)
-            .await?
-            .ok_or(IngressError::NotFound)?;
-        let result = self.receive_for(kind, &record, sealed, req).await;
+        let result = self.receive_checked(kind, credential_id, &req).await;
         let outcome = match &result {
             Ok(Received::Stored { .. }) => "accepted".to_string(),
             Ok(Received::Duplicate) => "duplicate".to_string(),
             Ok(Received::Handshake { .. }) => "handshake".to_string(),
             Err(IngressError::Rejected { code, .. }) => format!("rejected:{code}"),
             Err(IngressError::Malformed(_)) => "rejected:malformed_payload".to_string(),
+            Err(IngressError::NotFound) => return result,
             Err(_) => "error".to_string(),
         };
         self.counters.add(credential_id, kind, &outcome);
         result
     }
 
-    async fn receive_for(
+    /// The credential as stored now, remembered for the next delivery.
+    async fn read_ingress_credential(
+        &self,
+        credential_id: &str,
+    ) -> Result<Arc<IngressCredential>, IngressError> {
+        let Some((record, sealed)) = self.store.get_sealed_by_id(credential_id).await? else {
+            self.ingress_credentials.forget(credential_id);
+            return Err(IngressError::NotFound);
+        };
+        let fresh = Arc::new(IngressCredential { record, sealed });
+        self.ingress_credentials
+            .cache
+            .insert(credential_id.to_string(), fresh.clone());
+        Ok(fresh)
+    }
+
+    async fn receive_checked(
         &self,
         kind: IngressKind,
-        record: &storage::CredentialRecord,
-        sealed: Vec<storage::SealedSecret>,
-        req: Inbound,
+        credential_id: &str,
+        req: &Inbound,
     ) -> Result<Received, IngressError> {
+        let (mut credential, mut fresh) = match self.ingress_credentials.cache.get(credential_id) {
+            Some(c) => (c, false),
+            None => (self.read_ingress_credential(credential_id).await?, true),
+        };
+        for _ in 0..INGRESS_ATTEMPTS {
+            let checked = match self.check_delivery(kind, &credential, req).await {
+                Ok(c) => c,
+                // A remembered credential may be older than the one the
+                // provider signed with: refused or unreadable, read it again
+                // before answering.
+                Err(e) if !fresh && !matches!(e, IngressError::Malformed(_)) => {
+                    let current = self.read_ingress_credential(credential_id).await?;
+                    let same = current.record.version == credential.record.version
+                        && current.record.kek_id == credential.record.kek_id;
+                    if same {
+                        return Err(e);
+                    }
+                    (credential, fresh) = (current, true);
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            let (new, expect_user) = match checked {
+                Checked::Handshake(content_type, body) => {
+                    return Ok(Received::Handshake { content_type, body })
+                }
+                Checked::Event(new, expect_user) => (*new, expect_user),
+            };
+            let id = new.event.id.clone();
+            match self.store.store_event(new).await? {
+                storage::EventStored::Stored { user_id } => {
+                    if user_id.is_none() && expect_user {
+                        self.counters.add(credential_id, kind, "unmapped_user");
+                    }
+                    return Ok(Received::Stored { event_id: id });
+                }
+                storage::EventStored::Duplicate => return Ok(Received::Duplicate),
+                storage::EventStored::CredentialChanged => {
+                    (credential, fresh) =
+                        (self.read_ingress_credential(credential_id).await?, true);
+                }
+            }
+        }
+        Err(IngressError::Internal(AppError::Internal(anyhow::anyhow!(
+            "credential {credential_id} kept changing while a delivery was handled"
+        ))))
+    }
+
+    /// Verify, then answer the handshake or parse, then map the user: all
+    /// but the mapping-table lookup, which the store does as it writes.
+    async fn check_delivery(
+        &self,
+        kind: IngressKind,
+        credential: &IngressCredential,
+        req: &Inbound,
+    ) -> Result<Checked, IngressError> {
+        let (record, sealed) = (&credential.record, &credential.sealed);
         let tenant = &record.tenant_id;
         let service = |role: ServiceRole| {
             record
@@ -233,7 +348,7 @@ impl App {
                     return Err(rejected(&Rejection::BadSignature));
                 }
             }
-            spec => verify::verify(spec, secret.as_ref(), &req).map_err(|r| rejected(&r))?,
+            spec => verify::verify(spec, secret.as_ref(), req).map_err(|r| rejected(&r))?,
         }
 
         // 2. Handshake or parse.
@@ -247,15 +362,15 @@ impl App {
             .ok_or_else(|| {
                 IngressError::Malformed("the credential's parser no longer exists".into())
             })?;
-        let event = self.run_parser(kind, parser.spec, req).await?;
-        let event = match event {
+        let event = match self.run_parser(kind, parser.spec, req).await? {
             Parsed::Handshake(content_type, body) => {
-                return Ok(Received::Handshake { content_type, body })
+                return Ok(Checked::Handshake(content_type, body))
             }
             Parsed::Event(e) => e,
         };
 
-        // 3. Map the app's user to a platform user.
+        // 3. Map the app's user to a platform user (a mapping table is read
+        //    by the store, in the event's write).
         let mapper = self
             .resolve_service(tenant, &service(ServiceRole::UserIdMapper))
             .await?;
@@ -265,12 +380,14 @@ impl App {
                 ServiceSpec::PayloadUser { .. } | ServiceSpec::Script { .. }
             )
         });
+        let expect_user = event.app_user_id.is_some() || mapper_reads_payload;
+        let mut map_user = false;
         let user_id = match (mapper.map(|m| m.spec), &event.app_user_id) {
             (None, _) => None,
-            (Some(ServiceSpec::MappingTable), Some(app_user)) => {
-                self.store.find_user_mapping(&record.id, app_user).await?
+            (Some(ServiceSpec::MappingTable), app_user) => {
+                map_user = app_user.is_some();
+                None
             }
-            (Some(ServiceSpec::MappingTable), None) => None,
             (Some(ServiceSpec::Script { source }), app_user) => {
                 let (app_user, payload, limits) =
                     (app_user.clone(), event.payload.clone(), self.script_limits);
@@ -289,49 +406,47 @@ impl App {
                 parse::map_user(&spec, app_user.as_deref(), &event.payload).unwrap_or(None)
             }
         };
-        if user_id.is_none() && (event.app_user_id.is_some() || mapper_reads_payload) {
-            self.counters.add(&record.id, kind, "unmapped_user");
-        }
 
-        // 4. Store; the answer waits for the durable commit.
-        let stored = EventRecord {
-            id: domain::ids::new_id("evt"),
-            tenant_id: tenant.clone(),
-            credential_id: record.id.clone(),
-            kind: kind.as_str().into(),
-            valid_request: event.valid_request,
-            app_user_id: event.app_user_id,
-            user_id,
-            event_type: event.event_type,
-            delivery_id: event.delivery_id,
-            payload: event.payload,
-            received_at: now(),
-        };
-        let id = stored.id.clone();
-        if self.store.insert_event(stored).await? {
-            Ok(Received::Stored { event_id: id })
-        } else {
-            Ok(Received::Duplicate)
-        }
+        // 4. What the store writes; the answer waits for its durable commit.
+        Ok(Checked::Event(
+            Box::new(storage::NewEvent {
+                event: EventRecord {
+                    id: domain::ids::new_id("evt"),
+                    tenant_id: tenant.clone(),
+                    credential_id: record.id.clone(),
+                    kind: kind.as_str().into(),
+                    valid_request: event.valid_request,
+                    app_user_id: event.app_user_id,
+                    user_id,
+                    event_type: event.event_type,
+                    delivery_id: event.delivery_id,
+                    payload: event.payload,
+                    received_at: now(),
+                },
+                credential_version: Some(record.version),
+                map_user,
+            }),
+            expect_user,
+        ))
     }
 
     async fn run_parser(
         &self,
         kind: IngressKind,
         spec: ServiceSpec,
-        req: Inbound,
+        req: &Inbound,
     ) -> Result<Parsed, IngressError> {
         let is_script = matches!(spec, ServiceSpec::Script { .. });
-        let work = move || -> Result<Parsed, ParseError> {
+        let work = move |req: &Inbound| -> Result<Parsed, ParseError> {
             Ok(match kind {
-                IngressKind::Webhook => match parse::parse_webhook(&spec, &req)? {
+                IngressKind::Webhook => match parse::parse_webhook(&spec, req)? {
                     WebhookOutcome::Event(e) => Parsed::Event(e),
                     WebhookOutcome::Handshake { content_type, body } => {
                         Parsed::Handshake(content_type, body)
                     }
                 },
                 IngressKind::Action => {
-                    let a = parse::parse_action(&spec, &req)?;
+                    let a = parse::parse_action(&spec, req)?;
                     let mut event = a.event;
                     // The action's own fields travel with the payload's normal form.
                     if let serde_json::Value::Object(map) = &mut event.payload {
@@ -351,10 +466,11 @@ impl App {
         };
         if !is_script {
             // Built-in parsers are a few microseconds of work: run them in place.
-            return work().map_err(malformed);
+            return work(req).map_err(malformed);
         }
         // Scripts are CPU work with a wall-time limit: keep them off the async threads.
-        tokio::task::spawn_blocking(work)
+        let req = req.clone();
+        tokio::task::spawn_blocking(move || work(&req))
             .await
             .map_err(|e| AppError::Internal(anyhow::anyhow!("parser task: {e}")))?
             .map_err(malformed)

@@ -203,6 +203,8 @@ pub struct App {
     pub auth_failures: limits::FailureLimiter,
     /// Deliveries per credential.
     pub ingress_limit: limits::IngressLimiter,
+    /// Credentials recently read by ingress (see [`ingress`]).
+    pub ingress_credentials: IngressCredentials,
 }
 
 /// Failed authentications an address may make per minute.
@@ -231,6 +233,7 @@ impl App {
                 std::time::Duration::from_secs(60),
             ),
             ingress_limit: limits::IngressLimiter::new(DEFAULT_INGRESS_PER_SECOND),
+            ingress_credentials: IngressCredentials::default(),
         }
     }
 }

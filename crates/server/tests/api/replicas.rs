@@ -161,6 +161,24 @@ async fn two_replicas_over_one_schema_serve_each_others_writes_at_once() {
         res.text().await.unwrap()
     );
     assert_eq!(events_of(&a, &id).await.len(), 2);
+    // A last read the credential before the change (for the duplicate
+    // above): it must not refuse the new secret for the old one it saw.
+    let body = stripe_event("evt_replica_3");
+    let res = deliver(&a, &id, &body, &stripe_signature(new_secret, &body)).await;
+    assert_eq!(
+        res.status(),
+        StatusCode::OK,
+        "A refused the new secret: {}",
+        res.text().await.unwrap()
+    );
+    let body = stripe_event("evt_replica_4");
+    let res = deliver(&a, &id, &body, &stripe_signature(old_secret, &body)).await;
+    assert_eq!(
+        res.status(),
+        StatusCode::UNAUTHORIZED,
+        "A took the old secret"
+    );
+    assert_eq!(events_of(&b, &id).await.len(), 3);
 
     // A token revoked through B stops working on A at once.
     let res = a
@@ -188,6 +206,22 @@ async fn two_replicas_over_one_schema_serve_each_others_writes_at_once() {
         status_on_a(&a).await.unwrap().status(),
         StatusCode::UNAUTHORIZED,
         "A still honours a token B revoked"
+    );
+
+    // A credential deleted through A takes no more deliveries on B, which
+    // has handled deliveries to it.
+    let res = a
+        .req(Method::DELETE, &format!("/v1/credentials/{id}"), &a.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::NO_CONTENT);
+    let body = stripe_event("evt_replica_5");
+    let res = deliver(&b, &id, &body, &stripe_signature(new_secret, &body)).await;
+    assert_eq!(
+        res.status(),
+        StatusCode::NOT_FOUND,
+        "B took a delivery for a deleted credential"
     );
 
     b.stop().await;
