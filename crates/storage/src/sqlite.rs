@@ -65,9 +65,6 @@ fn open(path: &Path, read_only: bool) -> rusqlite::Result<Connection> {
     )?;
     if read_only {
         conn.execute_batch("PRAGMA query_only = ON;")?;
-    } else {
-        // The writer's savepoint journals stay in memory, not in a temp file.
-        conn.execute_batch("PRAGMA temp_store = MEMORY;")?;
     }
     Ok(conn)
 }
