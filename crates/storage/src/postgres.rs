@@ -426,23 +426,7 @@ async fn insert_credential(
         .map(|s| -> [&(dyn ToSql + Sync); 3] { [&rec.id, &s.field, &s.sealed] })
         .collect();
     let audit_at = audit.map(|a| ms(a.at));
-    let audit_params: Option<[&(dyn ToSql + Sync); 10]> =
-        audit
-            .zip(audit_at.as_ref())
-            .map(|(a, at)| -> [&(dyn ToSql + Sync); 10] {
-                [
-                    &a.id,
-                    &a.tenant_id,
-                    &a.actor_id,
-                    &a.actor_name,
-                    &a.action,
-                    &a.target_type,
-                    &a.target_id,
-                    at,
-                    &a.source,
-                    &a.details,
-                ]
-            });
+    let audit_params = audit.zip(audit_at.as_ref()).map(|(a, at)| audit_row(a, at));
     let (key_state, locked, clashing, inserted, put_secrets, logged) = futures_util::join!(
         tx.query_opt(&key, &key_params),
         tx.execute(&lock, &lock_params),
@@ -541,24 +525,24 @@ const AUDIT_SQL: &str =
     "INSERT INTO audit (id, tenant_id, actor_id, actor_name, action, target_type, target_id, at, source, details)
      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)";
 
+/// The parameters of [`AUDIT_SQL`]; `at` is `a.at` as stored ([`ms`]).
+fn audit_row<'a>(a: &'a AuditEntry, at: &'a DateTime<Utc>) -> [&'a (dyn ToSql + Sync); 10] {
+    [
+        &a.id,
+        &a.tenant_id,
+        &a.actor_id,
+        &a.actor_name,
+        &a.action,
+        &a.target_type,
+        &a.target_id,
+        at,
+        &a.source,
+        &a.details,
+    ]
+}
+
 async fn write_audit(c: &impl GenericClient, a: &AuditEntry) -> Result<()> {
-    exec(
-        c,
-        AUDIT_SQL,
-        &[
-            &a.id,
-            &a.tenant_id,
-            &a.actor_id,
-            &a.actor_name,
-            &a.action,
-            &a.target_type,
-            &a.target_id,
-            &ms(a.at),
-            &a.source,
-            &a.details,
-        ],
-    )
-    .await?;
+    exec(c, AUDIT_SQL, &audit_row(a, &ms(a.at))).await?;
     Ok(())
 }
 
