@@ -19,6 +19,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/sqlite/0002_services_events.sql"),
     include_str!("../migrations/sqlite/0003_sessions.sql"),
     include_str!("../migrations/sqlite/0004_master_keys.sql"),
+    include_str!("../migrations/sqlite/0005_fts_once_per_commit.sql"),
 ];
 /// Most jobs one commit takes; bounds a commit's latency under a flood.
 const MAX_BATCH: usize = 512;
@@ -284,7 +285,10 @@ fn writer_jobs(conn: &Connection, rx: &mut mpsc::Receiver<Job>) {
             }
             finishes.push(finish);
         }
-        let commit = conn.execute_batch("COMMIT").map_err(backend);
+        // The names created by the batch go into the search index in the
+        // same transaction; if that fails, nothing of the batch is stored.
+        let commit =
+            index_new_names(conn).and_then(|()| conn.execute_batch("COMMIT").map_err(backend));
         if commit.is_err() {
             let _ = conn.execute_batch("ROLLBACK");
         }
@@ -292,6 +296,29 @@ fn writer_jobs(conn: &Connection, rx: &mut mpsc::Receiver<Job>) {
             finish(commit.clone());
         }
     }
+}
+
+/// Indexes the names of the credentials created in the open transaction
+/// (queued by the insert trigger, see migration 0005) and empties the queue.
+fn index_new_names(conn: &Connection) -> Result<()> {
+    let queued: bool = conn
+        .prepare_cached("SELECT EXISTS (SELECT 1 FROM credentials_fts_pending)")
+        .and_then(|mut s| s.query_row([], |r| r.get(0)))
+        .map_err(backend)?;
+    if !queued {
+        return Ok(());
+    }
+    conn.prepare_cached(
+        "INSERT INTO credentials_fts (rowid, name)
+         SELECT c.seq, c.name FROM credentials_fts_pending p JOIN credentials c ON c.seq = p.seq",
+    )
+    .and_then(|mut s| s.execute([]))
+    .and_then(|_| {
+        conn.prepare_cached("DELETE FROM credentials_fts_pending")
+            .and_then(|mut s| s.execute([]))
+    })
+    .map(|_| ())
+    .map_err(backend)
 }
 
 fn insert_credential(

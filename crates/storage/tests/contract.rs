@@ -886,6 +886,120 @@ async fn names(
 /// leave the window of newest rows and use the index, or the scan for short
 /// queries, to find old matches.
 #[tokio::test]
+async fn the_name_index_has_the_names_a_write_commits() {
+    each_backend(|s| async move {
+        two_tenants(&s).await;
+        // One write holds a create, a rename of that new credential, and
+        // enough newer rows that a search must ask the name index (the
+        // newest rows alone do not answer it).
+        let old = credential("ten_a", "cred_0000_renamed", "Old Alpha", "stripe");
+        let mut renamed = old.clone();
+        renamed.name = "New Beta".into();
+        renamed.version = 2;
+        let mut items = vec![
+            ImportItem::Insert(old, vec![]),
+            ImportItem::Update(CredentialUpdate {
+                record: renamed,
+                expected_version: 1,
+                put_secrets: vec![],
+                remove_secrets: vec![],
+            }),
+        ];
+        for n in 0..2_100 {
+            items.push(ImportItem::Insert(
+                credential(
+                    "ten_a",
+                    &format!("cred_1_{n:06}"),
+                    &format!("Bulk {n}"),
+                    "github",
+                ),
+                vec![],
+            ));
+        }
+        s.import_credentials(items, audit("ten_a", "credential.import"))
+            .await
+            .unwrap();
+        assert_eq!(names(&s, "ten_a", "beta", &[], 10).await, ["New Beta"]);
+        assert_eq!(
+            names(&s, "ten_a", "alpha", &[], 10).await,
+            Vec::<String>::new()
+        );
+        assert_eq!(
+            names(&s, "ten_a", "bulk 2099", &[], 10).await,
+            ["Bulk 2099"]
+        );
+
+        // A write that fails stores nothing, in the index either; the next
+        // one indexes its own names.
+        let clash = vec![
+            ImportItem::Insert(
+                credential("ten_a", "cred_0000_lost", "Lost Gamma", "stripe"),
+                vec![],
+            ),
+            ImportItem::Insert(
+                credential("ten_a", "cred_0000_dup", "New Beta", "stripe"),
+                vec![],
+            ),
+        ];
+        err(s
+            .import_credentials(clash, audit("ten_a", "credential.import"))
+            .await);
+        assert_eq!(
+            names(&s, "ten_a", "gamma", &[], 10).await,
+            Vec::<String>::new()
+        );
+        s.insert_credential(
+            credential("ten_a", "cred_0000_delta", "Kept Delta", "stripe"),
+            vec![],
+            audit("ten_a", "credential.create"),
+        )
+        .await
+        .unwrap();
+        assert_eq!(names(&s, "ten_a", "delta", &[], 10).await, ["Kept Delta"]);
+        // Renamed and deleted after their commit: the index follows.
+        let mut kept = s
+            .get_credential("ten_a", "cred_0000_delta")
+            .await
+            .unwrap()
+            .unwrap();
+        kept.name = "Kept Epsilon".into();
+        kept.version = 2;
+        s.update_credential(
+            CredentialUpdate {
+                record: kept,
+                expected_version: 1,
+                put_secrets: vec![],
+                remove_secrets: vec![],
+            },
+            audit("ten_a", "credential.update"),
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            names(&s, "ten_a", "delta", &[], 10).await,
+            Vec::<String>::new()
+        );
+        assert_eq!(
+            names(&s, "ten_a", "epsilon", &[], 10).await,
+            ["Kept Epsilon"]
+        );
+        s.delete_credential(
+            "ten_a",
+            "cred_0000_delta",
+            audit("ten_a", "credential.delete"),
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            names(&s, "ten_a", "epsilon", &[], 10).await,
+            Vec::<String>::new()
+        );
+        assert_eq!(names(&s, "ten_a", "beta", &[], 10).await, ["New Beta"]);
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn search_dense_and_sparse() {
     each_backend(|s| async move {
         two_tenants(&s).await;
