@@ -251,24 +251,21 @@ impl App {
             None => (self.read_ingress_credential(credential_id).await?, true),
         };
         for _ in 0..INGRESS_ATTEMPTS {
-            let checked = match self.check_delivery(kind, &credential, req).await {
-                Ok(c) => c,
-                // A remembered credential may be older than the one the
-                // provider signed with: refused or unreadable, read it again
-                // before answering.
-                Err(e) if !fresh && !matches!(e, IngressError::Malformed(_)) => {
-                    let current = self.read_ingress_credential(credential_id).await?;
-                    let same = current.record.version == credential.record.version
-                        && current.record.kek_id == credential.record.kek_id;
-                    if same {
-                        return Err(e);
-                    }
-                    (credential, fresh) = (current, true);
+            let checked = self.check_delivery(kind, &credential, req).await;
+            // A remembered credential may be older than the one the provider
+            // signed with, or than its parser: an answer that stores nothing
+            // (a refusal, a handshake) is given only once the credential
+            // read now is the same.
+            if !fresh && !matches!(checked, Ok(Checked::Event(..))) {
+                let current = self.read_ingress_credential(credential_id).await?;
+                let same = current.record.version == credential.record.version
+                    && current.record.kek_id == credential.record.kek_id;
+                (credential, fresh) = (current, true);
+                if !same {
                     continue;
                 }
-                Err(e) => return Err(e),
-            };
-            let (new, expect_user) = match checked {
+            }
+            let (new, expect_user) = match checked? {
                 Checked::Handshake(content_type, body) => {
                     return Ok(Received::Handshake { content_type, body })
                 }
