@@ -1,7 +1,7 @@
 //! The SQLite backend: one writer thread that group-commits every write job
-//! queued while the previous commit was running (each job in its own
-//! savepoint, so one failing job does not undo the others), and a small pool
-//! of read-only connections. WAL with `synchronous=FULL`: a job's result is
+//! queued while the previous commit was running (straight, and when one job
+//! fails, again with each job in its own savepoint, so one failing job does
+//! not undo the others), and a small pool of read-only connections. WAL with `synchronous=FULL`: a job's result is
 //! returned only after the commit that holds it is durable.
 
 use std::path::Path;
@@ -20,21 +20,54 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/sqlite/0003_sessions.sql"),
     include_str!("../migrations/sqlite/0004_master_keys.sql"),
     include_str!("../migrations/sqlite/0005_fts_once_per_commit.sql"),
+    include_str!("../migrations/sqlite/0006_fts_queue_without_trigger.sql"),
 ];
 /// Most jobs one commit takes; bounds a commit's latency under a flood.
 const MAX_BATCH: usize = 512;
 const READERS: usize = 4;
 
-type Finish = Box<dyn FnOnce(std::result::Result<(), StoreError>) + Send>;
-type Work = Box<dyn FnOnce(&Connection) -> (bool, Finish) + Send>;
-
-/// A write for the writer thread. `alone`: the work makes at most one
-/// change, with one statement (which SQLite applies whole or not at all), so
-/// it needs no savepoint of its own to be undone alone.
-struct Job {
-    work: Work,
-    alone: bool,
+/// A write for the writer thread. The writer may run it more than once: a
+/// batch runs without savepoints, and when one of its jobs fails the whole
+/// transaction is rolled back and every job runs again, each in its own
+/// savepoint. So a job must be a function of the database and of what it
+/// holds, with no effect outside the connection.
+trait WriteJob: Send {
+    /// Runs the work; keeps its result for `finish`. False when it failed.
+    fn run(&mut self, conn: &Connection) -> bool;
+    /// Answers the caller with the last run's result, given how the commit went.
+    fn finish(self: Box<Self>, commit: Result<()>);
 }
+
+struct Pending<T, F> {
+    work: F,
+    result: Option<Result<T>>,
+    done: oneshot::Sender<Result<T>>,
+}
+
+impl<T, F> WriteJob for Pending<T, F>
+where
+    T: Send,
+    F: FnMut(&Connection) -> Result<T> + Send,
+{
+    fn run(&mut self, conn: &Connection) -> bool {
+        let result = (self.work)(conn);
+        let ok = result.is_ok();
+        self.result = Some(result);
+        ok
+    }
+
+    fn finish(self: Box<Self>, commit: Result<()>) {
+        let answer = match (self.result, commit) {
+            (Some(Ok(_)), Err(e)) => Err(e),
+            (Some(result), _) => result,
+            (None, Err(e)) => Err(e),
+            (None, Ok(())) => Err(backend("the writer did not run a job")),
+        };
+        let _ = self.done.send(answer);
+    }
+}
+
+type Job = Box<dyn WriteJob>;
 
 pub struct SqliteStore {
     writer: mpsc::Sender<Job>,
@@ -126,43 +159,21 @@ impl SqliteStore {
             .map_err(|_| backend("the writer thread panicked"))
     }
 
-    /// Runs `f` inside the next group commit; answers once that commit is durable.
+    /// Runs `f` inside the next group commit; answers once that commit is
+    /// durable. `f` may run more than once (see [`WriteJob`]).
     async fn write<T, F>(&self, f: F) -> Result<T>
     where
         T: Send + 'static,
-        F: FnOnce(&Connection) -> Result<T> + Send + 'static,
-    {
-        self.write_job(f, false).await
-    }
-
-    /// [`SqliteStore::write`] for work whose only change is one statement.
-    async fn write_one_statement<T, F>(&self, f: F) -> Result<T>
-    where
-        T: Send + 'static,
-        F: FnOnce(&Connection) -> Result<T> + Send + 'static,
-    {
-        self.write_job(f, true).await
-    }
-
-    async fn write_job<T, F>(&self, f: F, alone: bool) -> Result<T>
-    where
-        T: Send + 'static,
-        F: FnOnce(&Connection) -> Result<T> + Send + 'static,
+        F: FnMut(&Connection) -> Result<T> + Send + 'static,
     {
         let (done, wait) = oneshot::channel();
-        let work: Work = Box::new(move |conn| {
-            let result = f(conn);
-            let ok = result.is_ok();
-            let finish: Finish = Box::new(move |commit| {
-                let _ = done.send(match commit {
-                    Err(e) if ok => Err(e),
-                    _ => result,
-                });
-            });
-            (ok, finish)
+        let job: Job = Box::new(Pending {
+            work: f,
+            result: None,
+            done,
         });
         self.writer
-            .send(Job { work, alone })
+            .send(job)
             .await
             .map_err(|_| backend("the writer has stopped"))?;
         wait.await
@@ -259,43 +270,62 @@ fn writer_jobs(conn: &Connection, rx: &mut mpsc::Receiver<Job>) {
                 Err(_) => break,
             }
         }
-        if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
-            // Dropping the jobs unanswered makes each caller see a storage failure.
-            tracing::error!(error = %e, "could not begin a write transaction");
-            drop(batch);
-            continue;
-        }
-        let mut finishes = Vec::with_capacity(batch.len());
+        let commit = commit_batch(conn, &mut batch);
         for job in batch {
-            if job.alone {
-                // A failed statement has changed nothing.
-                let (_, finish) = (job.work)(conn);
-                finishes.push(finish);
-                continue;
-            }
-            let sp = conn.execute_batch("SAVEPOINT job");
-            let (ok, finish) = (job.work)(conn);
-            let end = if ok && sp.is_ok() {
-                "RELEASE job"
-            } else {
-                "ROLLBACK TO job; RELEASE job"
-            };
-            if let Err(e) = conn.execute_batch(end) {
-                tracing::error!(error = %e, "savepoint end failed");
-            }
-            finishes.push(finish);
-        }
-        // The names created by the batch go into the search index in the
-        // same transaction; if that fails, nothing of the batch is stored.
-        let commit =
-            index_new_names(conn).and_then(|()| conn.execute_batch("COMMIT").map_err(backend));
-        if commit.is_err() {
-            let _ = conn.execute_batch("ROLLBACK");
-        }
-        for finish in finishes {
-            finish(commit.clone());
+            job.finish(commit.clone());
         }
     }
+}
+
+/// Runs a batch in one transaction and commits it. First every job runs
+/// straight, without savepoints: a savepoint makes SQLite copy each page a
+/// job touches, which its batch's earlier jobs have touched too, into a
+/// sub-journal (most of a create's writes). Only when a job fails is the
+/// transaction rolled back and the batch run again with one savepoint per
+/// job, so the failed job's changes are undone alone.
+fn commit_batch(conn: &Connection, batch: &mut [Job]) -> Result<()> {
+    let begin = || {
+        conn.execute_batch("BEGIN IMMEDIATE").map_err(|e| {
+            tracing::error!(error = %e, "could not begin a write transaction");
+            backend(e)
+        })
+    };
+    begin()?;
+    if batch.iter_mut().all(|job| job.run(conn)) {
+        return commit(conn);
+    }
+    if let Err(e) = conn.execute_batch("ROLLBACK") {
+        tracing::error!(error = %e, "rolling back a failed batch failed");
+        return Err(backend(e));
+    }
+    begin()?;
+    for job in batch.iter_mut() {
+        if let Err(e) = conn.execute_batch("SAVEPOINT job") {
+            let _ = conn.execute_batch("ROLLBACK");
+            return Err(backend(e));
+        }
+        let end = if job.run(conn) {
+            "RELEASE job"
+        } else {
+            "ROLLBACK TO job; RELEASE job"
+        };
+        if let Err(e) = conn.execute_batch(end) {
+            tracing::error!(error = %e, "savepoint end failed");
+            let _ = conn.execute_batch("ROLLBACK");
+            return Err(backend(e));
+        }
+    }
+    commit(conn)
+}
+
+/// Commits the open transaction, with the names created in it going into
+/// the search index first; if either fails, nothing of it is stored.
+fn commit(conn: &Connection) -> Result<()> {
+    let done = index_new_names(conn).and_then(|()| conn.execute_batch("COMMIT").map_err(backend));
+    if done.is_err() {
+        let _ = conn.execute_batch("ROLLBACK");
+    }
+    done
 }
 
 /// Indexes the names of the credentials created in the open transaction
@@ -341,6 +371,10 @@ fn insert_credential(
         ])
     })
     .map_err(backend)?;
+    // Into the name index at the commit (see `index_new_names`).
+    c.prepare_cached("INSERT INTO credentials_fts_pending (seq) VALUES (?1)")
+        .and_then(|mut s| s.execute([c.last_insert_rowid()]))
+        .map_err(backend)?;
     put_secrets(c, &rec.id, secrets)
 }
 
@@ -497,7 +531,12 @@ fn name_clash(conn: &Connection, tenant: &str, name: &str, except: &str) -> Resu
 
 fn put_secrets(conn: &Connection, credential: &str, secrets: &[SealedSecret]) -> Result<()> {
     let mut stmt = conn
-        .prepare_cached("INSERT OR REPLACE INTO credential_secrets (credential_id, field, sealed) VALUES (?1, ?2, ?3)")
+        // An upsert, not INSERT OR REPLACE: a REPLACE on a table with a
+        // foreign key makes SQLite journal the statement's pages first.
+        .prepare_cached(
+            "INSERT INTO credential_secrets (credential_id, field, sealed) VALUES (?1, ?2, ?3)
+             ON CONFLICT (credential_id, field) DO UPDATE SET sealed = excluded.sealed",
+        )
         .map_err(backend)?;
     for s in secrets {
         stmt.execute(params![credential, s.field, s.sealed])
@@ -1041,12 +1080,13 @@ impl Store for SqliteStore {
     }
 
     async fn store_event(&self, new: NewEvent) -> Result<EventStored> {
-        self.write_one_statement(move |c| {
+        self.write(move |c| {
             let NewEvent {
                 event: e,
                 credential_version,
                 map_user,
-            } = new;
+            } = &new;
+            let (credential_version, map_user) = (*credential_version, *map_user);
             // The writer runs one job at a time, so what is checked here still
             // holds at the commit.
             if let Some(expected) = credential_version {
@@ -1514,8 +1554,20 @@ impl Store for SqliteStore {
         &self,
         source: mpsc::Receiver<snapshot::Chunk>,
     ) -> Result<snapshot::CopyReport> {
-        // One write job: its savepoint is undone unless every row went in.
-        self.write(move |conn| import_tables(conn, source)).await
+        // One write job: it is undone unless every row went in. Its rows
+        // stream in once, so the job cannot run a second time: should another
+        // job of its batch fail (see `WriteJob`), it answers with its own
+        // first failure or, had it succeeded, asks to be run again. (Copies
+        // and restores go to a store nothing else writes to.)
+        let mut source = Some(source);
+        let mut first_failure: Option<StoreError> = None;
+        self.write(move |conn| match source.take() {
+            Some(source) => import_tables(conn, source).inspect_err(|e| first_failure = Some(e.clone())),
+            None => Err(first_failure.clone().unwrap_or_else(|| {
+                backend("another write failed in the same transaction as this import; run the import again")
+            })),
+        })
+        .await
     }
 }
 
@@ -1590,7 +1642,15 @@ fn import_tables(
     loop {
         let (index, rows) = match source.blocking_recv() {
             Some(Chunk::Rows { table, rows }) => (table, rows),
-            Some(Chunk::End) => return Ok(report),
+            Some(Chunk::End) => {
+                // Every name is new here: all go into the name index at the commit.
+                conn.execute(
+                    "INSERT INTO credentials_fts_pending (seq) SELECT seq FROM credentials",
+                    [],
+                )
+                .map_err(backend)?;
+                return Ok(report);
+            }
             None => return Err(snapshot::cut_short()),
         };
         let table = TABLES

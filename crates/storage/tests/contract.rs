@@ -120,6 +120,10 @@ where
     }
 }
 
+/// More rows than a search scans, newest first, before it asks the name
+/// index (2,000 in both backends).
+const SEARCH_WINDOW_ROWS: usize = 2_100;
+
 // ---- records -------------------------------------------------------------
 
 /// A time in whole milliseconds (what both backends keep).
@@ -718,6 +722,111 @@ async fn concurrent_writers_of_one_name_or_version() {
     .await;
 }
 
+/// A write that fails after it has changed something is undone whole, and
+/// only it: the writes committed beside it (on SQLite, in the same group
+/// commit, which then runs again job by job) are all kept, once each.
+#[tokio::test]
+async fn a_failing_write_is_undone_alone_among_concurrent_ones() {
+    each_backend(|s| async move {
+        two_tenants(&s).await;
+        let audited = audit_count(&s, "ten_a").await;
+        s.insert_credential(
+            credential("ten_a", "cred_f_taken", "Taken", "x"),
+            vec![],
+            audit("ten_a", "credential.create"),
+        )
+        .await
+        .unwrap();
+        for round in 0..5 {
+            let mut writes = JoinSet::new();
+            for n in 0..12 {
+                let s = s.clone();
+                writes.spawn(async move {
+                    if n == 6 {
+                        // Its first credential goes in before the second clashes.
+                        let items = vec![
+                            ImportItem::Insert(
+                                credential(
+                                    "ten_a",
+                                    &format!("cred_f_lost{round}"),
+                                    &format!("Lost {round}"),
+                                    "x",
+                                ),
+                                vec![secret("api_key", b"lost")],
+                            ),
+                            ImportItem::Insert(
+                                credential("ten_a", &format!("cred_f_clash{round}"), "TAKEN", "x"),
+                                vec![],
+                            ),
+                        ];
+                        s.import_credentials(items, audit("ten_a", "credential.import"))
+                            .await
+                            .map(|()| n)
+                    } else {
+                        s.insert_credential(
+                            credential(
+                                "ten_a",
+                                &format!("cred_f_{round}_{n}"),
+                                &format!("Kept {round} {n}"),
+                                "x",
+                            ),
+                            vec![secret("api_key", format!("kept {n}").as_bytes())],
+                            audit("ten_a", "credential.create"),
+                        )
+                        .await
+                        .map(|()| n)
+                    }
+                });
+            }
+            let mut kept = Vec::new();
+            while let Some(joined) = writes.join_next().await {
+                match joined.unwrap() {
+                    Ok(n) => kept.push(n),
+                    Err(StoreError::NameTaken(holder)) => assert_eq!(holder, "cred_f_taken"),
+                    Err(e) => panic!("round {round}: {e:?}"),
+                }
+            }
+            kept.sort();
+            assert_eq!(kept, [0, 1, 2, 3, 4, 5, 7, 8, 9, 10, 11], "round {round}");
+            for n in kept {
+                let id = format!("cred_f_{round}_{n}");
+                let got = s.get_credential("ten_a", &id).await.unwrap();
+                assert_eq!(got.map(|c| c.name), Some(format!("Kept {round} {n}")));
+                let (_, sealed) = s.get_sealed("ten_a", &id).await.unwrap().unwrap();
+                assert_eq!(
+                    secrets(&sealed),
+                    [("api_key".to_string(), format!("kept {n}").into_bytes())]
+                );
+            }
+            let lost = format!("cred_f_lost{round}");
+            assert!(
+                s.get_credential("ten_a", &lost).await.unwrap().is_none(),
+                "round {round}"
+            );
+            assert!(
+                s.get_sealed_by_id(&lost).await.unwrap().is_none(),
+                "round {round}"
+            );
+            assert_eq!(
+                s.credential_id_by_name("ten_a", &format!("Lost {round}"))
+                    .await
+                    .unwrap(),
+                None
+            );
+        }
+        // One audit entry per kept write (and the first create); none for the import.
+        assert_eq!(audit_count(&s, "ten_a").await, audited + 1 + 5 * 11);
+        let found = names(&s, "ten_a", "lost", &[], 10).await;
+        assert_eq!(found, Vec::<String>::new());
+        assert_eq!(
+            names(&s, "ten_a", "kept 3 1", &[], 100).await.len(),
+            3,
+            "Kept 3 1, 10 and 11"
+        );
+    })
+    .await;
+}
+
 async fn ids(
     s: &Arc<dyn Store>,
     tenant: &str,
@@ -905,7 +1014,7 @@ async fn the_name_index_has_the_names_a_write_commits() {
                 remove_secrets: vec![],
             }),
         ];
-        for n in 0..2_100 {
+        for n in 0..SEARCH_WINDOW_ROWS {
             items.push(ImportItem::Insert(
                 credential(
                     "ten_a",
@@ -1838,6 +1947,22 @@ async fn fill(s: &Arc<dyn Store>) {
         .await
         .unwrap();
     }
+    // Newer than every "Beta" name and more than a search scans before it
+    // asks the name index: a copy's search for one must find it there.
+    let fillers = (0..SEARCH_WINDOW_ROWS)
+        .map(|n| {
+            let c = credential(
+                "ten_b",
+                &format!("cred_bz{n:04}"),
+                &format!("Filler {n}"),
+                "github",
+            );
+            ImportItem::Insert(c, vec![])
+        })
+        .collect();
+    s.import_credentials(fillers, audit("ten_b", "credential.import"))
+        .await
+        .unwrap();
     s.create_service(
         service("ten_a", "svc_1", "Hooks"),
         audit("ten_a", "service.create"),
@@ -1907,7 +2032,10 @@ async fn copy_moves_every_row_between_backends_and_refuses_a_used_target() {
                 .unwrap(),
         );
         let report = snapshot::copy(&*from, &*pg).await.unwrap();
-        assert_eq!(report["credentials"], snapshot::BATCH_ROWS as u64 + 21);
+        assert_eq!(
+            report["credentials"],
+            (snapshot::BATCH_ROWS + 21 + SEARCH_WINDOW_ROWS) as u64
+        );
         assert_eq!(
             report["credential_secrets"],
             snapshot::BATCH_ROWS as u64 + 22
