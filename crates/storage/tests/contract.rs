@@ -1124,6 +1124,8 @@ async fn search_dense_and_sparse() {
         for n in 0..total {
             let (name, integration) = match specials.iter().find(|(k, _, _)| *k == n) {
                 Some((_, name, integration)) => (name.to_string(), *integration),
+                // A word in 1% of the names.
+                None if n % 100 == 0 => (format!("Bulk {n} onepct"), "github"),
                 None => (format!("Bulk {n}"), "github"),
             };
             while writers.len() >= 16 {
@@ -1195,6 +1197,15 @@ async fn search_dense_and_sparse() {
             .await
             .unwrap();
         assert!(page.items.is_empty() && page.next_cursor.is_none());
+        // A word in 1% of the names: too few matches for a page in the
+        // newest 2,000 rows, so the index finds the older ones.
+        let onepct = names(&s, "ten_a", "ONEPCT", &[], 22).await;
+        let expected: Vec<String> = (0..total)
+            .rev()
+            .filter(|n| n % 100 == 0)
+            .map(|n| format!("Bulk {n} onepct"))
+            .collect();
+        assert_eq!(onepct, expected);
         // Dense matches: the window answers, and paging still sees each row once.
         let bulk = names(&s, "ten_a", "bulk", &[], 200).await;
         assert_eq!(bulk.len(), total - specials.len());
