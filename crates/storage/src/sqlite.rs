@@ -553,7 +553,6 @@ fn fts_phrase(q: &str) -> String {
 #[async_trait]
 impl Store for SqliteStore {
     async fn meta_get(&self, key: &str) -> Result<Option<Vec<u8>>> {
-        let key = key.to_string();
         self.read_point(move |c| {
             c.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
                 .optional()
@@ -734,13 +733,11 @@ impl Store for SqliteStore {
     }
 
     async fn get_credential(&self, tenant: &str, id: &str) -> Result<Option<CredentialRecord>> {
-        let (tenant, id) = (tenant.to_string(), id.to_string());
-        self.read_point(move |c| get_credential(c, &tenant, &id))
+        self.read_point(move |c| get_credential(c, tenant, id))
             .await
     }
     async fn credential_id_by_name(&self, tenant: &str, name: &str) -> Result<Option<String>> {
-        let (tenant, name) = (tenant.to_string(), name.to_string());
-        self.read_point(move |c| match name_clash(c, &tenant, &name, "") {
+        self.read_point(move |c| match name_clash(c, tenant, name, "") {
             Err(StoreError::NameTaken(id)) => Ok(Some(id)),
             Err(e) => Err(e),
             Ok(()) => Ok(None),
@@ -953,7 +950,6 @@ impl Store for SqliteStore {
         &self,
         id: &str,
     ) -> Result<Option<(CredentialRecord, Vec<SealedSecret>)>> {
-        let id = id.to_string();
         self.read_point(move |c| {
             let rec = c
                 .prepare_cached(&format!(
@@ -962,7 +958,7 @@ impl Store for SqliteStore {
                 .and_then(|mut s| s.query_row([&id], credential_from_row).optional())
                 .map_err(backend)?;
             let Some(rec) = rec else { return Ok(None) };
-            let secrets = sealed_secrets(c, &id)?;
+            let secrets = sealed_secrets(c, id)?;
             Ok(Some((rec, secrets)))
         })
         .await
@@ -986,7 +982,6 @@ impl Store for SqliteStore {
     }
 
     async fn get_service(&self, tenant: &str, id: &str) -> Result<Option<ServiceRecord>> {
-        let (tenant, id) = (tenant.to_string(), id.to_string());
         self.read_point(move |c| {
             c.prepare_cached(&format!(
                 "SELECT {SERVICE_COLUMNS} FROM services WHERE tenant_id = ?1 AND id = ?2"
@@ -1132,7 +1127,6 @@ impl Store for SqliteStore {
     }
 
     async fn get_event(&self, tenant: &str, id: &str) -> Result<Option<EventRecord>> {
-        let (tenant, id) = (tenant.to_string(), id.to_string());
         self.read_point(move |c| {
             c.prepare_cached(&format!(
                 "SELECT {EVENT_COLUMNS} FROM events WHERE tenant_id = ?1 AND id = ?2"
@@ -1266,7 +1260,6 @@ impl Store for SqliteStore {
         credential: &str,
         app_user_id: &str,
     ) -> Result<Option<String>> {
-        let (credential, app_user_id) = (credential.to_string(), app_user_id.to_string());
         self.read_point(move |c| {
             c.prepare_cached(
                 "SELECT user_id FROM user_mappings WHERE credential_id = ?1 AND app_user_id = ?2",
