@@ -294,9 +294,12 @@ fn commit_batch(conn: &Connection, batch: &mut [Job]) -> Result<()> {
     if batch.iter_mut().all(|job| job.run(conn)) {
         return commit(conn);
     }
-    if let Err(e) = conn.execute_batch("ROLLBACK") {
-        tracing::error!(error = %e, "rolling back a failed batch failed");
-        return Err(backend(e));
+    // (Some errors end the transaction themselves.)
+    if !conn.is_autocommit() {
+        if let Err(e) = conn.execute_batch("ROLLBACK") {
+            tracing::error!(error = %e, "rolling back a failed batch failed");
+            return Err(backend(e));
+        }
     }
     begin()?;
     for job in batch.iter_mut() {
