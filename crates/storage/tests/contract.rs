@@ -275,6 +275,23 @@ async fn two_tenants(s: &Arc<dyn Store>) {
         .unwrap();
 }
 
+/// Imports `SEARCH_WINDOW_ROWS` credentials named "Filler n", in one write,
+/// with ids `{id_prefix}0000`… (newer than any id that sorts below them).
+async fn add_fillers(s: &Arc<dyn Store>, tenant: &str, id_prefix: &str) {
+    let fillers = (0..SEARCH_WINDOW_ROWS)
+        .map(|n| {
+            let id = format!("{id_prefix}{n:04}");
+            ImportItem::Insert(
+                credential(tenant, &id, &format!("Filler {n}"), "github"),
+                vec![],
+            )
+        })
+        .collect();
+    s.import_credentials(fillers, audit(tenant, "credential.import"))
+        .await
+        .unwrap();
+}
+
 async fn audit_count(s: &Arc<dyn Store>, tenant: &str) -> usize {
     s.list_audit(tenant, first(10_000))
         .await
@@ -818,20 +835,7 @@ async fn a_failing_write_is_undone_alone_among_concurrent_ones() {
         assert_eq!(audit_count(&s, "ten_a").await, audited + 1 + 5 * 11);
         // With more newer rows than a search scans first, these are answered
         // by the name index: it has the kept names and none of the lost ones.
-        let fillers = (0..SEARCH_WINDOW_ROWS)
-            .map(|n| {
-                let c = credential(
-                    "ten_a",
-                    &format!("cred_fz{n:04}"),
-                    &format!("Filler {n}"),
-                    "x",
-                );
-                ImportItem::Insert(c, vec![])
-            })
-            .collect();
-        s.import_credentials(fillers, audit("ten_a", "credential.import"))
-            .await
-            .unwrap();
+        add_fillers(&s, "ten_a", "cred_fz").await;
         let found = names(&s, "ten_a", "lost", &[], 10).await;
         assert_eq!(found, Vec::<String>::new());
         assert_eq!(
@@ -1975,20 +1979,7 @@ async fn fill(s: &Arc<dyn Store>) {
     }
     // Newer than every "Beta" name and more than a search scans before it
     // asks the name index: a copy's search for one must find it there.
-    let fillers = (0..SEARCH_WINDOW_ROWS)
-        .map(|n| {
-            let c = credential(
-                "ten_b",
-                &format!("cred_bz{n:04}"),
-                &format!("Filler {n}"),
-                "github",
-            );
-            ImportItem::Insert(c, vec![])
-        })
-        .collect();
-    s.import_credentials(fillers, audit("ten_b", "credential.import"))
-        .await
-        .unwrap();
+    add_fillers(s, "ten_b", "cred_bz").await;
     s.create_service(
         service("ten_a", "svc_1", "Hooks"),
         audit("ten_a", "service.create"),
