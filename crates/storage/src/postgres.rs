@@ -1976,55 +1976,47 @@ async fn event_writer(pool: Pool, queue: Arc<Mutex<mpsc::Receiver<EventJob>>>) {
 /// not when its delivery id is already stored or repeated in the batch; the
 /// user mapping is looked up in the same statement. Returns each event's
 /// outcome by event id.
+///
+/// The batch goes in as one array per column, so the statement's text is
+/// the same whatever the batch's size: it is parsed and planned once per
+/// connection (a `VALUES` list of one tuple per event would be a new
+/// statement, parsed and planned again, for every batch).
 async fn insert_events(pool: &Pool, events: &[&NewEvent]) -> Result<HashMap<String, EventStored>> {
     let client = pool.get().await.map_err(|e| backend(&e))?;
-    let mut args = Args::default();
-    let mut tuples = Vec::with_capacity(events.len());
-    for n in events {
-        let e = &n.event;
-        let placeholders = [
-            format!("{}::text", args.bind(e.id.clone())),
-            format!("{}::text", args.bind(e.tenant_id.clone())),
-            format!("{}::text", args.bind(e.credential_id.clone())),
-            format!("{}::text", args.bind(e.kind.clone())),
-            format!("{}::boolean", args.bind(e.valid_request)),
-            format!("{}::text", args.bind(e.app_user_id.clone())),
-            format!("{}::text", args.bind(e.user_id.clone())),
-            format!("{}::text", args.bind(e.event_type.clone())),
-            format!("{}::text", args.bind(e.delivery_id.clone())),
-            format!("{}::jsonb", args.bind(e.payload.clone())),
-            format!("{}::timestamptz", args.bind(ms(e.received_at))),
-            format!("{}::bigint", args.bind(n.credential_version)),
-            format!("{}::boolean", args.bind(n.map_user)),
-        ];
-        tuples.push(format!("({})", placeholders.join(", ")));
-    }
-    let sql = format!(
-        "WITH v (id, tenant_id, credential_id, kind, valid_request, app_user_id, user_id, event_type,
-                 delivery_id, payload, received_at, credential_version, map_user) AS (VALUES {}),
-         ok AS (
-             SELECT v.* FROM v
-             WHERE v.credential_version IS NULL
-                OR EXISTS (SELECT 1 FROM credentials c
-                           WHERE c.id = v.credential_id AND c.version = v.credential_version)
-         ),
-         ins AS (
-             INSERT INTO events ({EVENT_COLUMNS})
-             SELECT ok.id, ok.tenant_id, ok.credential_id, ok.kind, ok.valid_request, ok.app_user_id,
-                    COALESCE(ok.user_id, m.user_id), ok.event_type, ok.delivery_id, ok.payload,
-                    ok.received_at
-             FROM ok LEFT JOIN user_mappings m
-               ON ok.map_user AND ok.user_id IS NULL
-              AND m.credential_id = ok.credential_id AND m.app_user_id = ok.app_user_id
-             ON CONFLICT (credential_id, kind, delivery_id) WHERE delivery_id IS NOT NULL DO NOTHING
-             RETURNING id, user_id
-         )
-         SELECT v.id, ok.id IS NOT NULL, ins.id IS NOT NULL, ins.user_id
-         FROM v LEFT JOIN ok ON ok.id = v.id LEFT JOIN ins ON ins.id = v.id",
-        tuples.join(", ")
-    );
+    let column = |f: fn(&NewEvent) -> &str| events.iter().map(|n| f(n)).collect::<Vec<_>>();
+    let optional =
+        |f: fn(&NewEvent) -> Option<&str>| events.iter().map(|n| f(n)).collect::<Vec<_>>();
+    let ids = column(|n| &n.event.id);
+    let tenants = column(|n| &n.event.tenant_id);
+    let credentials = column(|n| &n.event.credential_id);
+    let kinds = column(|n| &n.event.kind);
+    let event_types = column(|n| &n.event.event_type);
+    let app_users = optional(|n| n.event.app_user_id.as_deref());
+    let users = optional(|n| n.event.user_id.as_deref());
+    let deliveries = optional(|n| n.event.delivery_id.as_deref());
+    let valid: Vec<bool> = events.iter().map(|n| n.event.valid_request).collect();
+    let payloads: Vec<Json<&serde_json::Value>> =
+        events.iter().map(|n| Json(&n.event.payload)).collect();
+    let received: Vec<DateTime<Utc>> = events.iter().map(|n| ms(n.event.received_at)).collect();
+    let versions: Vec<Option<i64>> = events.iter().map(|n| n.credential_version).collect();
+    let map_user: Vec<bool> = events.iter().map(|n| n.map_user).collect();
+    let params: [&(dyn ToSql + Sync); 13] = [
+        &ids,
+        &tenants,
+        &credentials,
+        &kinds,
+        &valid,
+        &app_users,
+        &users,
+        &event_types,
+        &deliveries,
+        &payloads,
+        &received,
+        &versions,
+        &map_user,
+    ];
     let mut out = HashMap::with_capacity(events.len());
-    for r in rows(&client, &sql, &args.refs()).await? {
+    for r in rows(&client, INSERT_EVENTS_SQL, &params).await? {
         let id: String = r.try_get(0).map_err(pg)?;
         let current: bool = r.try_get(1).map_err(pg)?;
         let stored: bool = r.try_get(2).map_err(pg)?;
@@ -2041,6 +2033,34 @@ async fn insert_events(pool: &Pool, events: &[&NewEvent]) -> Result<HashMap<Stri
     }
     Ok(out)
 }
+
+const INSERT_EVENTS_SQL: &str = "WITH v AS (
+        SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::boolean[],
+                             $6::text[], $7::text[], $8::text[], $9::text[], $10::jsonb[],
+                             $11::timestamptz[], $12::bigint[], $13::boolean[])
+            AS u (id, tenant_id, credential_id, kind, valid_request, app_user_id, user_id,
+                  event_type, delivery_id, payload, received_at, credential_version, map_user)
+     ),
+     ok AS (
+         SELECT v.* FROM v
+         WHERE v.credential_version IS NULL
+            OR EXISTS (SELECT 1 FROM credentials c
+                       WHERE c.id = v.credential_id AND c.version = v.credential_version)
+     ),
+     ins AS (
+         INSERT INTO events (id, tenant_id, credential_id, kind, valid_request, app_user_id,
+                             user_id, event_type, delivery_id, payload, received_at)
+         SELECT ok.id, ok.tenant_id, ok.credential_id, ok.kind, ok.valid_request, ok.app_user_id,
+                COALESCE(ok.user_id, m.user_id), ok.event_type, ok.delivery_id, ok.payload,
+                ok.received_at
+         FROM ok LEFT JOIN user_mappings m
+           ON ok.map_user AND ok.user_id IS NULL
+          AND m.credential_id = ok.credential_id AND m.app_user_id = ok.app_user_id
+         ON CONFLICT (credential_id, kind, delivery_id) WHERE delivery_id IS NOT NULL DO NOTHING
+         RETURNING id, user_id
+     )
+     SELECT v.id, ok.id IS NOT NULL, ins.id IS NOT NULL, ins.user_id
+     FROM v LEFT JOIN ok ON ok.id = v.id LEFT JOIN ins ON ins.id = v.id";
 
 fn from_millis(t: i64) -> Result<DateTime<Utc>> {
     DateTime::from_timestamp_millis(t)
