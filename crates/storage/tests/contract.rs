@@ -2261,3 +2261,95 @@ async fn master_key_rotation_states() {
     })
     .await;
 }
+
+/// Creates that wrap their data keys with a draining master key, racing its
+/// retirement: a create either commits before the retirement looks for users
+/// of the key (which then refuses, the key being in use) or is refused with
+/// `KeyRetired`. A retired key is never left wrapping a stored data key.
+#[tokio::test]
+async fn retiring_a_key_races_no_create_that_uses_it() {
+    each_backend(|s| async move {
+        two_tenants(&s).await;
+        assert!(s.add_first_key(key("kek_0", 1)).await.unwrap());
+        let (mut refused, mut kept) = (0, 0);
+        for round in 0..36 {
+            let (old, new) = (format!("kek_{round}"), format!("kek_{}", round + 1));
+            s.rotate_key(&old, key(&new, 2), audit("ten_a", "keys.rotate"))
+                .await
+                .unwrap();
+            let mut racers = JoinSet::new();
+            for i in 0..12 {
+                // The retirement goes in ahead of a different share of the creates each round.
+                if i == round % 12 {
+                    let (s, old) = (s.clone(), old.clone());
+                    racers.spawn(async move {
+                        s.retire_key(&old, audit("ten_a", "keys.retire"))
+                            .await
+                            .map(Some)
+                    });
+                }
+                let (store, kek) = (s.clone(), old.clone());
+                racers.spawn(async move {
+                    let mut rec = credential(
+                        "ten_a",
+                        &format!("cred_{round}_{i}"),
+                        &format!("r{round} {i}"),
+                        "stripe",
+                    );
+                    rec.kek_id = kek;
+                    store
+                        .insert_credential(
+                            rec,
+                            vec![secret("api_key", b"sealed")],
+                            audit("ten_a", "credential.create"),
+                        )
+                        .await
+                        .map(|()| None)
+                });
+            }
+            let mut retired = None;
+            while let Some(r) = racers.join_next().await {
+                match r.unwrap() {
+                    Ok(Some(done)) => retired = Some(done),
+                    Ok(None) => kept += 1,
+                    Err(StoreError::KeyRetired(k)) => {
+                        assert_eq!(k, old);
+                        refused += 1;
+                    }
+                    Err(e) => panic!("round {round}: {e:?}"),
+                }
+            }
+            let users = s.wrapped_keys(&old, 10_000).await.unwrap();
+            if retired.expect("the retirement answered") {
+                assert!(
+                    users.is_empty(),
+                    "round {round}: {old} retired while {} rows use it",
+                    users.len()
+                );
+            } else {
+                assert!(
+                    !users.is_empty(),
+                    "round {round}: {old} not retired, yet unused"
+                );
+                // Gone, not moved to the next key, so each round's key
+                // starts unused.
+                for w in &users {
+                    s.delete_credential(&w.tenant_id, &w.id, audit("ten_a", "credential.delete"))
+                        .await
+                        .unwrap();
+                }
+                let again = s.retire_key(&old, audit("ten_a", "keys.retire")).await;
+                assert!(
+                    again.unwrap(),
+                    "round {round}: {old} still used: {:?}",
+                    s.key_usage().await.unwrap()
+                );
+            }
+        }
+        // Both outcomes happen in some round; which, is up to timing.
+        assert!(kept > 0, "no create went in before a retirement");
+        assert!(refused > 0, "no create came after a retirement");
+        eprintln!("{kept} creates kept, {refused} refused");
+    })
+    .await;
+}
