@@ -360,30 +360,24 @@ impl Args {
 }
 
 /// Inserts a credential, its sealed secrets and (for one create) its audit
-/// entry. The checks and writes are sent together (pipelined: the statements
-/// are prepared first, from the connection's cache once warm, then each is
-/// sent as it is first polled, in order) and run in that order by the
-/// server, so a create costs one round trip inside its transaction instead
-/// of one per statement. A check that fails leaves the writes after it to
-/// be rolled back with the transaction.
+/// entry, in one statement ([`INSERT_CREDENTIAL_SQL`]); outside a
+/// transaction that statement is its own, so a create is one round trip and
+/// one commit. The server spends about as much on each statement as on a
+/// small write (parse, execute, an answer the client wakes up for), so one
+/// statement for the checks and writes together, rather than one per check
+/// and write, is what lets creates keep up with the disk's commits.
+///
+/// The statement inserts nothing when the master key is retired or the name
+/// is taken (case-insensitively, in the tenant), and answers which. For a
+/// taken name the existing credential's id is read next; should that
+/// credential be gone by then, the insert is tried again.
 async fn insert_credential(
-    tx: &impl GenericClient,
+    c: &impl GenericClient,
     rec: &CredentialRecord,
     secrets: &[SealedSecret],
     audit: Option<&AuditEntry>,
 ) -> Result<()> {
-    let key = tx.prepare_cached(RETIRED_KEY_SQL).await.map_err(pg)?;
-    let lock = tx.prepare_cached(LOCK_NAME_SQL).await.map_err(pg)?;
-    let clash = tx.prepare_cached(NAME_CLASH_SQL).await.map_err(pg)?;
-    let insert = tx
-        .prepare_cached(&format!(
-            "INSERT INTO credentials ({CREDENTIAL_COLUMNS}) VALUES
-             ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)"
-        ))
-        .await
-        .map_err(pg)?;
-    let put = tx.prepare_cached(PUT_SECRET_SQL).await.map_err(pg)?;
-    let log = tx.prepare_cached(AUDIT_SQL).await.map_err(pg)?;
+    let insert = c.prepare_cached(INSERT_CREDENTIAL_SQL).await.map_err(pg)?;
     let (services, scopes, params, fields) = (
         Json(&rec.services),
         Json(&rec.scopes),
@@ -395,7 +389,30 @@ async fn insert_credential(
         ms(rec.created_at),
         ms(rec.updated_at),
     );
-    let insert_params: [&(dyn ToSql + Sync); 20] = [
+    let secret_fields: Vec<&str> = secrets.iter().map(|s| s.field.as_str()).collect();
+    let sealed: Vec<&[u8]> = secrets.iter().map(|s| s.sealed.as_slice()).collect();
+    let kind = NameLock::Credential as i32;
+    let audit_at = audit.map(|a| ms(a.at));
+    let log = audit.is_some();
+    // Without an audit entry its parameters are NULLs, unused.
+    let none: Option<&str> = None;
+    let no_details: Option<Json<()>> = None;
+    let audit_params: [&(dyn ToSql + Sync); 10] = match (audit, &audit_at) {
+        (Some(a), Some(at)) => audit_row(a, at),
+        _ => [
+            &none,
+            &none,
+            &none,
+            &none,
+            &none,
+            &none,
+            &none,
+            &audit_at,
+            &none,
+            &no_details,
+        ],
+    };
+    let mut params: Vec<&(dyn ToSql + Sync)> = vec![
         &rec.id,
         &rec.tenant_id,
         &rec.name,
@@ -416,39 +433,69 @@ async fn insert_credential(
         &rec.created_by,
         &updated_at,
         &rec.updated_by,
+        &secret_fields,
+        &sealed,
+        &kind,
+        &log,
     ];
-    let kind = NameLock::Credential as i32;
-    let key_params: [&(dyn ToSql + Sync); 1] = [&rec.kek_id];
-    let lock_params: [&(dyn ToSql + Sync); 3] = [&kind, &rec.tenant_id, &rec.name];
-    let clash_params: [&(dyn ToSql + Sync); 3] = [&rec.tenant_id, &rec.name, &rec.id];
-    let secret_params: Vec<[&(dyn ToSql + Sync); 3]> = secrets
-        .iter()
-        .map(|s| -> [&(dyn ToSql + Sync); 3] { [&rec.id, &s.field, &s.sealed] })
-        .collect();
-    let audit_at = audit.map(|a| ms(a.at));
-    let audit_params = audit.zip(audit_at.as_ref()).map(|(a, at)| audit_row(a, at));
-    let (key_state, locked, clashing, inserted, put_secrets, logged) = futures_util::join!(
-        tx.query_opt(&key, &key_params),
-        tx.execute(&lock, &lock_params),
-        tx.query_opt(&clash, &clash_params),
-        tx.execute(&insert, &insert_params),
-        futures_util::future::join_all(secret_params.iter().map(|p| tx.execute(&put, p))),
-        async {
-            match &audit_params {
-                Some(p) => tx.execute(&log, p).await.map(|_| ()),
-                None => Ok(()),
-            }
-        },
-    );
-    retired_key_state(key_state.map_err(pg)?, &rec.kek_id)?;
-    locked.map_err(pg)?;
-    name_clash_row(clashing.map_err(pg)?)?;
-    inserted.map_err(pg)?;
-    for put in put_secrets {
-        put.map_err(pg)?;
+    params.extend_from_slice(&audit_params);
+    for _ in 0..3 {
+        let r = c.query_one(&insert, &params).await.map_err(pg)?;
+        let key_state: Option<&str> = r.try_get(0).map_err(pg)?;
+        if key_state == Some("retired") {
+            return Err(StoreError::KeyRetired(rec.kek_id.clone()));
+        }
+        if r.try_get::<_, bool>(1).map_err(pg)? {
+            return Ok(());
+        }
+        name_clash_row(row(c, NAME_CLASH_SQL, &[&rec.tenant_id, &rec.name, &rec.id]).await?)?;
     }
-    logged.map_err(pg)
+    Err(StoreError::Conflict)
 }
+
+/// One create, checks and writes ([`insert_credential`]):
+///
+/// - `k` share-locks the master key's row ([`RETIRED_KEY_SQL`]). A locking
+///   read answers the row's newest version, waiting for a writer of it, so
+///   a key retired before this statement took the lock is seen retired.
+///   `retire_key` updates that row first, so it waits for this transaction
+///   and then finds its credential.
+/// - `l` queues behind any other transaction checking or writing the same
+///   name ([`LOCK_NAME_SQL`]), so a rename's check after that lock sees
+///   this row.
+/// - `ON CONFLICT ... DO NOTHING` on the unique name index settles a clash
+///   with a row whose writer has not committed yet by waiting for it.
+const INSERT_CREDENTIAL_SQL: &str = "WITH k AS (
+        SELECT state FROM master_keys WHERE id = $15::text FOR SHARE
+     ),
+     l AS (
+         SELECT pg_advisory_xact_lock($23::int4,
+             hashtext($2::text || '/' || lower($3::text COLLATE \"C\")))
+     ),
+     c AS (
+         INSERT INTO credentials (id, tenant_id, name, description, integration_id, auth_type,
+             services, scopes, params, secret_fields, status, status_message, checked_at, version,
+             kek_id, wrapped_dek, created_at, created_by, updated_at, updated_by)
+         SELECT $1::text, $2::text, $3::text, $4::text, $5::text, $6::text, $7::jsonb, $8::jsonb,
+             $9::jsonb, $10::jsonb, $11::text, $12::text, $13::timestamptz, $14::bigint, $15::text,
+             $16::bytea, $17::timestamptz, $18::text, $19::timestamptz, $20::text
+         FROM l
+         WHERE NOT EXISTS (SELECT 1 FROM k WHERE k.state = 'retired')
+         ON CONFLICT (tenant_id, lower(name COLLATE \"C\")) DO NOTHING
+         RETURNING id
+     ),
+     s AS (
+         INSERT INTO credential_secrets (credential_id, field, sealed)
+         SELECT c.id, f.field, f.sealed FROM c, unnest($21::text[], $22::bytea[]) AS f (field, sealed)
+     ),
+     a AS (
+         INSERT INTO audit (id, tenant_id, actor_id, actor_name, action, target_type, target_id, at,
+             source, details)
+         SELECT $25::text, $26::text, $27::text, $28::text, $29::text, $30::text, $31::text,
+             $32::timestamptz, $33::text, $34::jsonb
+         FROM c WHERE $24::boolean
+     )
+     SELECT (SELECT state FROM k), EXISTS (SELECT 1 FROM c)";
 
 /// A data key wrapped by a retired master key must not be stored: nothing
 /// would re-wrap it. The shared row lock makes `retire_key`, which updates
@@ -1013,10 +1060,9 @@ impl Store for PostgresStore {
         secrets: Vec<SealedSecret>,
         audit: AuditEntry,
     ) -> Result<()> {
-        let mut client = self.client().await?;
-        let tx = client.transaction().await.map_err(pg)?;
-        insert_credential(&tx, &rec, &secrets, Some(&audit)).await?;
-        tx.commit().await.map_err(pg)
+        // One statement, its own transaction.
+        let client = self.client().await?;
+        insert_credential(&client, &rec, &secrets, Some(&audit)).await
     }
 
     async fn import_credentials(&self, items: Vec<ImportItem>, audit: AuditEntry) -> Result<()> {

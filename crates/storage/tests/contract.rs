@@ -739,6 +739,66 @@ async fn concurrent_writers_of_one_name_or_version() {
     .await;
 }
 
+/// A create and a rename racing for one name: one gets it, the other is told
+/// who has it (not a database error), every round.
+#[tokio::test]
+async fn a_create_and_a_rename_race_for_one_name() {
+    each_backend(|s| async move {
+        two_tenants(&s).await;
+        for round in 0..24 {
+            let renamed = credential(
+                "ten_a",
+                &format!("cred_m{round}"),
+                &format!("mover {round}"),
+                "x",
+            );
+            s.insert_credential(renamed.clone(), vec![], audit("ten_a", "credential.create"))
+                .await
+                .unwrap();
+            let name = format!("Wanted {round}");
+            let mut racers = JoinSet::new();
+            let (store, mut record) = (s.clone(), renamed);
+            record.name = name.to_uppercase();
+            record.version = 2;
+            racers.spawn(async move {
+                let update = CredentialUpdate {
+                    record,
+                    expected_version: 1,
+                    put_secrets: vec![],
+                    remove_secrets: vec![],
+                };
+                let r = store
+                    .update_credential(update, audit("ten_a", "credential.update"))
+                    .await;
+                (format!("cred_m{round}"), r)
+            });
+            let store = s.clone();
+            racers.spawn(async move {
+                let id = format!("cred_w{round}");
+                let r = store
+                    .insert_credential(
+                        credential("ten_a", &id, &name, "x"),
+                        vec![],
+                        audit("ten_a", "credential.create"),
+                    )
+                    .await;
+                (id, r)
+            });
+            let (mut won, mut lost) = (Vec::new(), Vec::new());
+            while let Some(joined) = racers.join_next().await {
+                match joined.unwrap() {
+                    (id, Ok(())) => won.push(id),
+                    (_, Err(StoreError::NameTaken(holder))) => lost.push(holder),
+                    (id, Err(e)) => panic!("round {round}, {id}: {e:?}"),
+                }
+            }
+            assert_eq!(won.len(), 1, "round {round}: one of them gets the name");
+            assert_eq!(lost, won, "round {round}: the other is told who has it");
+        }
+    })
+    .await;
+}
+
 /// A write that fails after it has changed something is undone whole, and
 /// only it: the writes committed beside it (on SQLite, in the same group
 /// commit, which then runs again job by job) are all kept, once each.
