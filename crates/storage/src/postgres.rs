@@ -771,8 +771,10 @@ fn credential_conditions(
 }
 
 /// Scans the newest `SEARCH_WINDOW` rows (names and integrations only) for
-/// matches. Answers the page when the window holds a full page of matches or
-/// is the whole remaining list; `None` when the index must decide.
+/// matches, and on in further windows while [`crate::next_window`] expects
+/// a page within reach. Answers the page when the scan found a full page of
+/// matches or reached the end of the list; `None` when the index must
+/// decide.
 async fn search_window(
     c: &impl GenericClient,
     tenant: &str,
@@ -782,31 +784,44 @@ async fn search_window(
     limit: usize,
 ) -> Result<Option<Vec<CredentialRecord>>> {
     let needle = q.to_lowercase();
-    let mut args = Args::default();
-    let base = credential_conditions(tenant, f, after, &mut args);
-    let sql = format!(
-        "SELECT c.seq, c.name, c.integration_id FROM credentials c WHERE {base} ORDER BY c.id DESC LIMIT {}",
-        args.bind(SEARCH_WINDOW)
-    );
-    let window = rows(c, &sql, &args.refs()).await?;
     let (mut seen, mut hits) = (0i64, Vec::<i64>::new());
-    for r in &window {
-        seen += 1;
-        let name: &str = r.try_get(1).map_err(pg)?;
-        let integration: &str = r.try_get(2).map_err(pg)?;
-        if name.to_lowercase().contains(&needle)
-            || f.q_integrations.iter().any(|i| i == integration)
-        {
-            hits.push(r.try_get(0).map_err(pg)?);
-            if hits.len() > limit {
-                break;
+    let (mut from, mut size) = (after.map(str::to_string), SEARCH_WINDOW);
+    loop {
+        let mut args = Args::default();
+        let base = credential_conditions(tenant, f, from.as_deref(), &mut args);
+        let sql = format!(
+            "SELECT c.seq, c.name, c.integration_id, c.id FROM credentials c WHERE {base}
+             ORDER BY c.id DESC LIMIT {}",
+            args.bind(size)
+        );
+        let window = rows(c, &sql, &args.refs()).await?;
+        for r in &window {
+            let name: &str = r.try_get(1).map_err(pg)?;
+            let integration: &str = r.try_get(2).map_err(pg)?;
+            if name.to_lowercase().contains(&needle)
+                || f.q_integrations.iter().any(|i| i == integration)
+            {
+                hits.push(r.try_get(0).map_err(pg)?);
+                if hits.len() > limit {
+                    break;
+                }
             }
         }
+        seen += window.len() as i64;
+        if hits.len() > limit || (window.len() as i64) < size {
+            break;
+        }
+        match crate::next_window(hits.len(), seen, limit) {
+            Some(more) => size = more,
+            None => return Ok(None),
+        }
+        from = match window.last() {
+            Some(r) => Some(r.try_get(3).map_err(pg)?),
+            None => break,
+        };
     }
-    match crate::window_verdict(hits.len(), seen, limit) {
-        crate::WindowVerdict::AskTheIndex => return Ok(None),
-        crate::WindowVerdict::NoMatches => return Ok(Some(Vec::new())),
-        crate::WindowVerdict::Fetch => {}
+    if hits.is_empty() {
+        return Ok(Some(Vec::new()));
     }
     query_credentials(
         c,
