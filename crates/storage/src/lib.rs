@@ -62,7 +62,9 @@ pub(crate) fn page<T>(mut items: Vec<T>, limit: usize, id: impl Fn(&T) -> &str) 
     Page { items, next_cursor }
 }
 
-/// How many of the newest rows a search looks at before it asks the index.
+/// How many of the newest rows a search looks at first: SQLite asks its
+/// index when these hold some matches but not a page; PostgreSQL may scan
+/// on (see [`next_window`]).
 pub(crate) const SEARCH_WINDOW: i64 = 2000;
 
 /// How many of the newest rows a PostgreSQL search may scan in all, in
@@ -76,8 +78,13 @@ pub(crate) const SEARCH_STRETCH: i64 = 20_000;
 /// in 1% of a million names needs about 5,000 of the newest, where the
 /// index would read every one of its 10,000 rows to sort them by id. A rare
 /// word (no match yet, or too few) goes to the index at once.
+///
+/// SQLite does not scan on: there a longer scan filled the readers' page
+/// caches with table pages (RSS 83.5 MB after the searches at 1,000,000
+/// credentials, over the 80 MB budget) and its p99 rose.
 pub(crate) fn next_window(hits: usize, seen: i64, limit: usize) -> Option<i64> {
-    if hits == 0 || hits > limit {
+    debug_assert!(hits <= limit, "a full page needs no more rows");
+    if hits == 0 {
         return None;
     }
     let wanted = (limit + 1 - hits) as i64;
@@ -574,9 +581,8 @@ mod tests {
 
     #[test]
     fn a_search_scans_on_only_where_its_matches_promise_a_page() {
-        // Nothing matched, a full page found, or too few for the stretch.
+        // Nothing matched, or too few for the stretch: ask the index.
         assert_eq!(next_window(0, 2_000, 50), None);
-        assert_eq!(next_window(51, 2_000, 50), None);
         assert_eq!(next_window(1, 2_000, 50), None);
         assert_eq!(next_window(30, 19_000, 50), None);
         // 1%: 31 more at 1 in 100, and a quarter more.

@@ -389,8 +389,13 @@ async fn insert_credential(
         ms(rec.created_at),
         ms(rec.updated_at),
     );
-    let secret_fields: Vec<&str> = secrets.iter().map(|s| s.field.as_str()).collect();
-    let sealed: Vec<&[u8]> = secrets.iter().map(|s| s.sealed.as_slice()).collect();
+    // One row per field, the last given winning, as `put_secrets` (an
+    // upsert) and SQLite do: one INSERT cannot write a key twice.
+    let mut last = BTreeMap::new();
+    for s in secrets {
+        last.insert(s.field.as_str(), s.sealed.as_slice());
+    }
+    let (secret_fields, sealed): (Vec<&str>, Vec<&[u8]>) = last.into_iter().unzip();
     let kind = NameLock::Credential as i32;
     let audit_at = audit.map(|a| ms(a.at));
     let log = audit.is_some();
@@ -1127,7 +1132,7 @@ impl Store for PostgresStore {
         f: &CredentialFilter,
         p: PageRequest<'_>,
     ) -> Result<Page<CredentialRecord>> {
-        let client = self.client().await?;
+        let mut client = self.client().await?;
         let limit = p.limit;
         let mut args = Args::default();
         let base = credential_conditions(tenant, f, p.after, &mut args);
@@ -1142,9 +1147,20 @@ impl Store for PostgresStore {
                 |c| &c.id,
             ));
         };
+        // The windows and the fetch of their matches are several
+        // statements: one snapshot for them all, so a row changed meanwhile
+        // cannot make a page short (and end the paging early).
+        let tx = client
+            .build_transaction()
+            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()
+            .await
+            .map_err(pg)?;
         // A query that matches many names is answered fastest by walking
         // the newest rows in order; one that matches few, by the index.
-        if let Some(found) = search_window(&client, tenant, f, p.after, q, limit).await? {
+        if let Some(found) = search_window(&tx, tenant, f, p.after, q, limit).await? {
+            tx.commit().await.map_err(pg)?;
             return Ok(page(found, limit, |c| &c.id));
         }
         let mut alternatives = Vec::new();
@@ -1174,7 +1190,8 @@ impl Store for PostgresStore {
         // a generic plan, which cannot know that the pattern is selective and
         // walks the tenant's rows instead of the trigram index. A fresh
         // statement is planned for its pattern.
-        let found = client.query(sql.as_str(), &args.refs()).await.map_err(pg)?;
+        let found = tx.query(sql.as_str(), &args.refs()).await.map_err(pg)?;
+        tx.commit().await.map_err(pg)?;
         Ok(page(map_rows(&found, credential_from_row)?, limit, |c| {
             &c.id
         }))
@@ -1986,7 +2003,7 @@ impl Store for PostgresStore {
 }
 
 /// Group commit of ingress: takes every event queued (up to
-/// [`EVENT_BATCH`]) and stores them with one multi-row statement, one
+/// [`EVENT_BATCH`]) and stores them with one statement ([`insert_events`]), one
 /// transaction and so one WAL flush; each caller hears whether its event was
 /// new only after that commit. If the batch fails (one bad row fails the
 /// statement), each event is retried alone so only the bad one fails.
