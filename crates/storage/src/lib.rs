@@ -538,6 +538,13 @@ pub trait Store: Send + Sync + 'static {
 
     async fn add_counters(&self, deltas: Vec<CounterDelta>) -> Result<()>;
     async fn counters(&self, credential: &str) -> Result<Vec<CounterDelta>>;
+    /// A credential and its stored ingress counters, read together: one
+    /// reader connection (SQLite), one round trip (PostgreSQL).
+    async fn get_credential_with_counters(
+        &self,
+        tenant: &str,
+        id: &str,
+    ) -> Result<Option<(CredentialRecord, Vec<CounterDelta>)>>;
 
     /// Every master key the data knows, oldest first.
     async fn list_keys(&self) -> Result<Vec<KeyRecord>>;

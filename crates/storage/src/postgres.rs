@@ -728,6 +728,25 @@ async fn get_credential(
     r.as_ref().map(credential_from_row).transpose().map_err(pg)
 }
 
+/// A credential's stored ingress counters.
+async fn counters(c: &impl GenericClient, credential: &str) -> Result<Vec<CounterDelta>> {
+    let rows = rows(
+        c,
+        "SELECT credential_id, kind, outcome, count FROM ingress_counters
+         WHERE credential_id = $1 ORDER BY kind, outcome",
+        &[&credential],
+    )
+    .await?;
+    map_rows(&rows, |r| {
+        Ok(CounterDelta {
+            credential_id: r.try_get(0)?,
+            kind: r.try_get(1)?,
+            outcome: r.try_get(2)?,
+            count: r.try_get::<_, i64>(3)? as u64,
+        })
+    })
+}
+
 async fn sealed_secrets(c: &impl GenericClient, credential: &str) -> Result<Vec<SealedSecret>> {
     let rows = rows(
         c,
@@ -1866,21 +1885,22 @@ impl Store for PostgresStore {
 
     async fn counters(&self, credential: &str) -> Result<Vec<CounterDelta>> {
         let client = self.client().await?;
-        let rows = rows(
-            &client,
-            "SELECT credential_id, kind, outcome, count FROM ingress_counters
-             WHERE credential_id = $1 ORDER BY kind, outcome",
-            &[&credential],
-        )
-        .await?;
-        map_rows(&rows, |r| {
-            Ok(CounterDelta {
-                credential_id: r.try_get(0)?,
-                kind: r.try_get(1)?,
-                outcome: r.try_get(2)?,
-                count: r.try_get::<_, i64>(3)? as u64,
-            })
-        })
+        counters(&client, credential).await
+    }
+
+    async fn get_credential_with_counters(
+        &self,
+        tenant: &str,
+        id: &str,
+    ) -> Result<Option<(CredentialRecord, Vec<CounterDelta>)>> {
+        let client = self.client().await?;
+        // Sent together: one round trip.
+        let (rec, counted) =
+            futures_util::join!(get_credential(&client, tenant, id), counters(&client, id));
+        match rec? {
+            Some(rec) => Ok(Some((rec, counted?))),
+            None => Ok(None),
+        }
     }
 
     async fn export_snapshot(

@@ -1511,26 +1511,17 @@ impl Store for SqliteStore {
     }
 
     async fn counters(&self, credential: &str) -> Result<Vec<CounterDelta>> {
-        let credential = credential.to_string();
-        self.read(move |c| {
-            let mut s = c
-                .prepare_cached(
-                    "SELECT credential_id, kind, outcome, count FROM ingress_counters
-                     WHERE credential_id = ?1 ORDER BY kind, outcome",
-                )
-                .map_err(backend)?;
-            let rows = s
-                .query_map([&credential], |r| {
-                    Ok(CounterDelta {
-                        credential_id: r.get(0)?,
-                        kind: r.get(1)?,
-                        outcome: r.get(2)?,
-                        count: r.get::<_, i64>(3)? as u64,
-                    })
-                })
-                .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
-                .map_err(backend)?;
-            Ok(rows)
+        self.read_point(move |c| counters(c, credential)).await
+    }
+
+    async fn get_credential_with_counters(
+        &self,
+        tenant: &str,
+        id: &str,
+    ) -> Result<Option<(CredentialRecord, Vec<CounterDelta>)>> {
+        self.read_point(move |c| match get_credential(c, tenant, id)? {
+            Some(rec) => Ok(Some((rec, counters(c, id)?))),
+            None => Ok(None),
         })
         .await
     }
@@ -1868,6 +1859,26 @@ fn insert_token(c: &Connection, t: &TokenRecord) -> Result<()> {
     )
     .map_err(backend)?;
     Ok(())
+}
+
+/// A credential's stored ingress counters: a range of the counters' key.
+fn counters(c: &Connection, credential: &str) -> Result<Vec<CounterDelta>> {
+    let mut s = c
+        .prepare_cached(
+            "SELECT credential_id, kind, outcome, count FROM ingress_counters
+             WHERE credential_id = ?1 ORDER BY kind, outcome",
+        )
+        .map_err(backend)?;
+    s.query_map([credential], |r| {
+        Ok(CounterDelta {
+            credential_id: r.get(0)?,
+            kind: r.get(1)?,
+            outcome: r.get(2)?,
+            count: r.get::<_, i64>(3)? as u64,
+        })
+    })
+    .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
+    .map_err(backend)
 }
 
 fn get_credential(c: &Connection, tenant: &str, id: &str) -> Result<Option<CredentialRecord>> {

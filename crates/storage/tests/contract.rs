@@ -1795,6 +1795,37 @@ async fn counters_add_up() {
             [d("cred_2", "action", "accepted", 1)]
         );
         assert!(s.counters("cred_3").await.unwrap().is_empty());
+
+        // Read with the credential: the same counters, and none without it.
+        two_tenants(&s).await;
+        s.insert_credential(
+            credential("ten_a", "cred_1", "Counted", "stripe"),
+            vec![],
+            audit("ten_a", "credential.create"),
+        )
+        .await
+        .unwrap();
+        let (rec, counted) = s
+            .get_credential_with_counters("ten_a", "cred_1")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            Some(rec),
+            s.get_credential("ten_a", "cred_1").await.unwrap()
+        );
+        assert_eq!(counted, s.counters("cred_1").await.unwrap());
+        assert_eq!(counted.len(), 3);
+        assert!(s
+            .get_credential_with_counters("ten_b", "cred_1")
+            .await
+            .unwrap()
+            .is_none());
+        assert!(s
+            .get_credential_with_counters("ten_a", "cred_404")
+            .await
+            .unwrap()
+            .is_none());
     })
     .await;
 }

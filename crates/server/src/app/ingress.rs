@@ -12,7 +12,9 @@ use domain::{FieldError, Role, ServiceRole};
 use services::parse::{self, ParseError, WebhookOutcome};
 use services::verify::{self, Rejection};
 use services::{Inbound, NormalEvent};
-use storage::{CounterDelta, EventFilter, EventRecord, Page, PageRequest, UserMapping};
+use storage::{
+    CounterDelta, CredentialRecord, EventFilter, EventRecord, Page, PageRequest, UserMapping,
+};
 
 use super::*;
 
@@ -509,15 +511,19 @@ impl App {
             .ok_or(AppError::NotFound("event"))
     }
 
-    /// A credential's ingress counters: stored ones plus this process's
-    /// increments not yet flushed.
-    pub async fn credential_counters(
+    /// A credential with its ingress counters: stored ones (read with the
+    /// credential, in one store read) plus this process's increments not
+    /// yet flushed.
+    pub async fn credential_with_counters(
         &self,
         p: &Principal,
         id: &str,
-    ) -> AppResult<Vec<CounterDelta>> {
-        self.get_credential(p, id).await?;
-        let mut all = self.store.counters(id).await?;
+    ) -> AppResult<(CredentialRecord, Vec<CounterDelta>)> {
+        let (record, mut all) = self
+            .store
+            .get_credential_with_counters(&p.tenant_id, id)
+            .await?
+            .ok_or(AppError::NotFound("credential"))?;
         for d in self.counters.pending_for(id) {
             match all
                 .iter_mut()
@@ -527,7 +533,7 @@ impl App {
                 None => all.push(d),
             }
         }
-        Ok(all)
+        Ok((record, all))
     }
 
     /// Writes pending counter increments; on failure they are kept for the next try.

@@ -352,8 +352,7 @@ pub async fn get_credential(
     p: Principal,
     PathParam(id): PathParam<String>,
 ) -> Result<Response, ApiError> {
-    let record = app.get_credential(&p, &id).await?;
-    let counters = app.credential_counters(&p, &id).await?;
+    let (record, counters) = app.credential_with_counters(&p, &id).await?;
     let mut c = Credential::from_record(&app, record);
     c.ingress = Some(IngressCounters::from_deltas(&counters));
     Ok(with_etag(StatusCode::OK, c))
