@@ -246,6 +246,12 @@ impl<'a> Reader<'a> {
 impl Drop for Reader<'_> {
     fn drop(&mut self) {
         if let Some(conn) = self.conn.take() {
+            // A read that stopped inside its transaction (a panic) must not
+            // hand the next one an old snapshot. (Ending a read-only
+            // transaction does not fail; the pool must keep its size.)
+            if !conn.is_autocommit() {
+                let _ = conn.execute_batch("ROLLBACK");
+            }
             self.pool
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
@@ -1519,9 +1525,16 @@ impl Store for SqliteStore {
         tenant: &str,
         id: &str,
     ) -> Result<Option<(CredentialRecord, Vec<CounterDelta>)>> {
-        self.read_point(move |c| match get_credential(c, tenant, id)? {
-            Some(rec) => Ok(Some((rec, counters(c, id)?))),
-            None => Ok(None),
+        // One read transaction for both: one snapshot, and one round of
+        // the file locks a read transaction takes instead of two.
+        self.read_point(move |c| {
+            c.execute_batch("BEGIN").map_err(backend)?;
+            let read = get_credential(c, tenant, id).and_then(|found| match found {
+                Some(rec) => Ok(Some((rec, counters(c, id)?))),
+                None => Ok(None),
+            });
+            c.execute_batch("COMMIT").map_err(backend)?;
+            read
         })
         .await
     }
@@ -1890,4 +1903,23 @@ fn get_credential(c: &Connection, tenant: &str, id: &str) -> Result<Option<Crede
             .optional()
     })
     .map_err(backend)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reader_goes_back_to_the_pool_outside_any_transaction() {
+        let pool = Mutex::new(vec![Connection::open_in_memory().unwrap()]);
+        {
+            let reader = Reader::take(&pool);
+            reader.conn().execute_batch("BEGIN").unwrap();
+            assert!(!reader.conn().is_autocommit());
+        }
+        let reader = Reader::take(&pool);
+        assert!(reader.conn().is_autocommit(), "the open read was ended");
+        drop(reader);
+        assert_eq!(pool.lock().unwrap().len(), 1, "and the connection kept");
+    }
 }
