@@ -367,8 +367,7 @@ async fn judge(check: &HttpCheck, s: &Subject<'_>, res: reqwest::Response) -> Ou
     if success.contains(&status.as_u16()) {
         if let Some(rule) = &check.success_json {
             let found = json.as_ref().and_then(|j| {
-                serde_json_path::JsonPath::parse(&rule.path)
-                    .ok()
+                crate::parse::parse_json_path(&rule.path)
                     .and_then(|p| p.query(j).at_most_one().ok().flatten().cloned())
             });
             if found.as_ref() != Some(&rule.equals) {
