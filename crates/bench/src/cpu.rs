@@ -3,13 +3,16 @@
 //! table says how contended it was. From /proc/stat and /proc/<pid>/stat,
 //! all in clock ticks; this process counts its reaped children (the
 //! servers it started). A local PostgreSQL is counted apart: on that
-//! backend it is part of the system under test, not a disturbance.
+//! backend it is part of the system under test, not a disturbance. So is
+//! the time the hypervisor gave this virtual machine's CPUs to others
+//! ("steal"): no process here used it, and no process here got it.
 
 use anyhow::Context;
 
 #[derive(Debug, Clone, Copy)]
 pub struct Sample {
     busy: u64,
+    steal: u64,
     total: u64,
     own: u64,
     database: u64,
@@ -62,28 +65,33 @@ impl Sample {
             .collect();
         // user nice system idle iowait irq softirq steal
         let at = |i: usize| cpu.get(i).copied().unwrap_or(0);
-        let busy = at(0) + at(1) + at(2) + at(5) + at(6) + at(7);
-        let total = busy + at(3) + at(4);
+        let busy = at(0) + at(1) + at(2) + at(5) + at(6);
+        let steal = at(7);
+        let total = busy + steal + at(3) + at(4);
         let me = std::fs::read_to_string("/proc/self/stat")?;
         let (_, own, children) = process_ticks(&me).context("unreadable /proc/self/stat")?;
         Ok(Sample {
             busy,
+            steal,
             total,
             own: own + children,
             database: postgres_ticks(),
         })
     }
 
-    /// The shares of all CPU time from `self` to `later` that PostgreSQL
-    /// and the other processes (neither this one nor its children) used.
-    pub fn since(&self, later: &Sample) -> (f64, f64) {
+    /// The shares of all CPU time from `self` to `later` that PostgreSQL,
+    /// the other processes (neither this one nor its children) and the
+    /// hypervisor (steal) took.
+    pub fn since(&self, later: &Sample) -> (f64, f64, f64) {
         let total = later.total.saturating_sub(self.total).max(1) as f64;
         let busy = later.busy.saturating_sub(self.busy) as f64;
         let own = later.own.saturating_sub(self.own) as f64;
         let database = later.database.saturating_sub(self.database) as f64;
+        let steal = later.steal.saturating_sub(self.steal) as f64;
         (
             (database / total).clamp(0.0, 1.0),
             ((busy - own - database) / total).clamp(0.0, 1.0),
+            (steal / total).clamp(0.0, 1.0),
         )
     }
 }

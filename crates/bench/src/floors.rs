@@ -38,6 +38,7 @@ pub async fn measure(dir: &Path, clients: usize, times: &Times) -> anyhow::Resul
         clients,
         warmup: times.warmup,
         measure: times.throughput.min(Duration::from_secs(5)),
+        rate: None,
     };
     let addr = floor_server.addr;
     let floor_load = drive(

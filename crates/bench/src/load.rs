@@ -1,7 +1,24 @@
-//! The load generator: closed-loop clients, each on its own HTTP/1.1
-//! keep-alive connection, so every request after the first reuses it by
-//! construction (no pool to guess about). It shares the machine's cores with
-//! the server it measures; that is part of every figure, floors included.
+//! The load generator: clients, each on its own HTTP/1.1 keep-alive
+//! connection, so every request after the first reuses it by construction
+//! (no pool to guess about). It shares the machine's cores with the server
+//! it measures; that is part of every figure, floors included.
+//!
+//! Two ways to send:
+//!
+//! - **Closed loop** (`Plan::rate` is `None`): each client sends its next
+//!   request as soon as the last is answered. This finds the server's
+//!   capacity, but its latency is set by the client count: with `c` clients
+//!   always waiting, the mean latency is `c ÷ rate` (Little's law), whatever
+//!   the server does.
+//! - **Open loop** (`Plan::rate` is `Some(r)`): request `n` is due at
+//!   `start + n / r`, whether or not earlier ones were answered, as a
+//!   server's users would send them. The connections take the due requests
+//!   in order. A request whose due time passed while every connection was
+//!   busy is timed from its due time, so the time it waited for a
+//!   connection counts (no "coordinated omission": a stall is not hidden by
+//!   the load generator pausing with it). A request a connection sleeps
+//!   for is timed from when it is sent, so the timer's wake-up lag (tokio's
+//!   timer ticks in milliseconds) is not counted as the server's.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -75,6 +92,9 @@ pub struct Plan {
     /// Runs but is not counted: connections settle, caches fill.
     pub warmup: Duration,
     pub measure: Duration,
+    /// Open loop at this many requests per second over all clients; `None`
+    /// for closed loop (see the module's comment).
+    pub rate: Option<f64>,
 }
 
 /// What one scenario measured: completions inside the measured window and
@@ -82,6 +102,9 @@ pub struct Plan {
 #[derive(Debug)]
 pub struct Outcome {
     pub elapsed: Duration,
+    pub clients: usize,
+    /// The open loop's rate; `None` for a closed loop.
+    pub offered: Option<f64>,
     /// Requests sent in total, warm-up included (e.g. credentials created).
     pub issued: u64,
     pub latencies: Vec<Vec<u32>>,
@@ -130,7 +153,8 @@ impl Latencies {
     }
 }
 
-/// Runs `plan.clients` closed-loop clients against `addr`. `make(n)` builds
+/// Runs `plan.clients` clients against `addr`, closed or open loop as
+/// `plan.rate` says. `make(n)` builds
 /// the n-th request (n counts from 0 over all clients) and names its kind;
 /// `check` says whether an answer is the expected one. Any unexpected
 /// answer fails the scenario: a fast wrong answer measures nothing.
@@ -169,11 +193,28 @@ where
         tasks.push(tokio::spawn(async move {
             let mut lat: Vec<Vec<u32>> = vec![Vec::new(); kinds];
             loop {
-                let sent = Instant::now();
-                if sent >= end || failed.load(Ordering::Relaxed) {
-                    break;
-                }
-                let n = next.fetch_add(1, Ordering::Relaxed);
+                let (n, sent) = match plan.rate {
+                    None => {
+                        let sent = Instant::now();
+                        if sent >= end || failed.load(Ordering::Relaxed) {
+                            break;
+                        }
+                        (next.fetch_add(1, Ordering::Relaxed), sent)
+                    }
+                    Some(rate) => {
+                        let n = next.fetch_add(1, Ordering::Relaxed);
+                        let due = start + Duration::from_secs_f64(n as f64 / rate);
+                        if due >= end || failed.load(Ordering::Relaxed) {
+                            break;
+                        }
+                        if due > Instant::now() {
+                            tokio::time::sleep_until(due.into()).await;
+                            (n, Instant::now())
+                        } else {
+                            (n, due)
+                        }
+                    }
+                };
                 let (kind, req) = make(n);
                 let answer = conn.send(req).await;
                 let done = Instant::now();
@@ -190,7 +231,11 @@ where
                     failed.store(true, Ordering::Relaxed);
                     break;
                 }
-                if sent >= counted_from && done <= end {
+                // Closed loop: what finished inside the window. Open loop:
+                // everything due inside it, however late it finished, so a
+                // slow tail cannot fall off the end.
+                let counted = sent >= counted_from && (plan.rate.is_some() || done <= end);
+                if counted {
                     let us = done.duration_since(sent).as_micros();
                     lat[kind].push(u32::try_from(us).unwrap_or(u32::MAX));
                 }
@@ -209,6 +254,8 @@ where
     }
     Ok(Outcome {
         elapsed: plan.measure,
+        clients: plan.clients,
+        offered: plan.rate,
         issued: next.load(Ordering::Relaxed),
         latencies,
     })
@@ -226,4 +273,93 @@ pub fn spread(n: u64) -> u64 {
 /// Whether `hay` contains `needle`.
 pub fn contains(hay: &[u8], needle: &[u8]) -> bool {
     hay.windows(needle.len()).any(|w| w == needle)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+
+    /// A server whose first answer takes `stall`; every other is immediate.
+    async fn stalling_server(stall: Duration) -> SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let seen = Arc::new(AtomicUsize::new(0));
+        let app = axum::Router::new().route(
+            "/",
+            axum::routing::get(move || {
+                let seen = seen.clone();
+                async move {
+                    if seen.fetch_add(1, Ordering::SeqCst) == 0 {
+                        tokio::time::sleep(stall).await;
+                    }
+                }
+            }),
+        );
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        addr
+    }
+
+    async fn run(addr: SocketAddr, rate: Option<f64>) -> Outcome {
+        let plan = Plan {
+            clients: 1,
+            warmup: Duration::ZERO,
+            measure: Duration::from_millis(1000),
+            rate,
+        };
+        drive(
+            addr,
+            plan,
+            1,
+            move |_| (0, request("GET", addr, "/", None, None)),
+            |s, _| s.is_success(),
+        )
+        .await
+        .expect("the load ran")
+    }
+
+    fn slower_than(o: &Outcome, ms: u32) -> usize {
+        o.latencies[0].iter().filter(|&&us| us >= ms * 1000).count()
+    }
+
+    #[tokio::test]
+    async fn an_open_loop_counts_the_wait_behind_a_stall_and_a_closed_loop_does_not() {
+        let stall = Duration::from_millis(300);
+        let open = run(stalling_server(stall).await, Some(100.0)).await;
+        // About 30 requests fell due while the one connection was stalled;
+        // each waited for it, and is timed from when it was due.
+        assert!(
+            slower_than(&open, 100) >= 15,
+            "open loop: {} of {} requests over 100 ms",
+            slower_than(&open, 100),
+            open.count()
+        );
+        assert!(open.all().ms(100.0) >= 250.0, "the stalled request itself");
+        // Everything due in the window is counted, however late it finished.
+        assert!(
+            (95..=101).contains(&open.count()),
+            "open loop at 100/s for 1 s counted {}",
+            open.count()
+        );
+        assert_eq!(open.offered, Some(100.0));
+
+        // The closed loop waits with the server: one slow request, not 30.
+        let closed = run(stalling_server(stall).await, None).await;
+        assert_eq!(slower_than(&closed, 100), 1, "closed loop");
+        assert!(
+            closed.count() > 100,
+            "a closed loop runs as fast as answered"
+        );
+    }
+
+    #[test]
+    fn percentiles_pick_the_nearest_rank() {
+        let l = Latencies::new((1..=100).rev().map(|ms| ms * 1000).collect());
+        assert_eq!(l.ms(50.0), 50.0);
+        assert_eq!(l.ms(99.0), 99.0);
+        assert_eq!(l.ms(100.0), 100.0);
+        assert_eq!(Latencies::new(Vec::new()).ms(99.0), 0.0);
+    }
 }

@@ -150,9 +150,13 @@ pub fn thousands(v: f64) -> String {
 /// The scenarios' outcomes, for the table.
 pub struct Measured<'a> {
     pub create: &'a Outcome,
+    /// Closed loop: the capacity, and its queue's latency.
     pub get_load: &'a Outcome,
+    /// Open loop at `PACED` of that rate.
+    pub get_paced: &'a Outcome,
     pub get_one: &'a Outcome,
     pub search_load: &'a Outcome,
+    pub search_paced: &'a Outcome,
     pub search_one: &'a Outcome,
     pub ingest: &'a Outcome,
     pub duplicate: &'a Outcome,
@@ -191,6 +195,9 @@ pub fn rows(run: &RunArgs, cores: usize, floors: &Floors, m: Measured, s: Starts
         json!({ "per_s": o.rate(), "count": o.count(), "seconds": o.elapsed.as_secs_f64(),
                 "p50_ms": l.ms(50.0), "p99_ms": l.ms(99.0), "max_ms": l.ms(100.0) })
     };
+    // `one`: compare with the empty handler's single-client latency (no
+    // queue: one client, or an open loop below capacity); otherwise with its
+    // latency under the same closed loop.
     let latency_row = |name: String, l: load::Latencies, o: &Outcome, one: bool, budget: Budget| {
         let (f50, f99) = if one {
             (floors.http1_p50, floors.http1_p99)
@@ -214,7 +221,8 @@ pub fn rows(run: &RunArgs, cores: usize, floors: &Floors, m: Measured, s: Starts
         ));
         r.vs_aead = Some(aead_wait(l.ms(50.0)));
         r.json = json!({ "p50_ms": l.ms(50.0), "p99_ms": l.ms(99.0), "max_ms": l.ms(100.0),
-                         "count": l.samples(), "clients": if one { 1 } else { c } });
+                         "count": l.samples(), "per_s": l.samples() as f64 / o.elapsed.as_secs_f64(),
+                         "open_loop_per_s": o.offered, "clients": o.clients });
         r
     };
     let get_budget = Budget::AtMost {
@@ -249,11 +257,25 @@ pub fn rows(run: &RunArgs, cores: usize, floors: &Floors, m: Measured, s: Starts
     r.json = throughput(m.create);
     rows.push(r);
 
+    let paced = |o: &Outcome| {
+        format!(
+            "{c} connections, open loop at {} ({:.0}% of the closed loop's rate)",
+            per_s(o.offered.unwrap_or_default()),
+            crate::PACED * 100.0
+        )
+    };
     rows.push(latency_row(
-        format!("2. get by id at {scale}, {c} clients"),
+        format!("2. get by id at {scale}, {c} clients, closed loop"),
         m.get_load.all(),
         m.get_load,
         false,
+        get_budget,
+    ));
+    rows.push(latency_row(
+        format!("2. get by id at {scale}, {}", paced(m.get_paced)),
+        m.get_paced.all(),
+        m.get_paced,
+        true,
         get_budget,
     ));
     rows.push(latency_row(
@@ -264,10 +286,20 @@ pub fn rows(run: &RunArgs, cores: usize, floors: &Floors, m: Measured, s: Starts
         get_budget,
     ));
     rows.push(latency_row(
-        format!("2. search page (50 rows) at {scale}, {c} clients, mixed"),
+        format!("2. search page (50 rows) at {scale}, {c} clients, closed loop, mixed"),
         m.search_load.all(),
         m.search_load,
         false,
+        search_budget,
+    ));
+    rows.push(latency_row(
+        format!(
+            "2. search page (50 rows) at {scale}, {}, mixed",
+            paced(m.search_paced)
+        ),
+        m.search_paced.all(),
+        m.search_paced,
+        true,
         search_budget,
     ));
     rows.push(latency_row(
