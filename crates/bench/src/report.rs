@@ -195,9 +195,10 @@ pub fn rows(run: &RunArgs, cores: usize, floors: &Floors, m: Measured, s: Starts
         json!({ "per_s": o.rate(), "count": o.count(), "seconds": o.elapsed.as_secs_f64(),
                 "p50_ms": l.ms(50.0), "p99_ms": l.ms(99.0), "max_ms": l.ms(100.0) })
     };
-    // `one`: compare with the empty handler's single-client latency (no
-    // queue: one client, or an open loop below capacity); otherwise with its
-    // latency under the same closed loop.
+    // `one`: compare with the empty handler's single-client latency (the
+    // one-client rows, and the open-loop rows, for which no floor at the same
+    // offered rate is measured); otherwise with its latency under the same
+    // closed loop.
     let latency_row = |name: String, l: load::Latencies, o: &Outcome, one: bool, budget: Budget| {
         let (f50, f99) = if one {
             (floors.http1_p50, floors.http1_p99)
@@ -215,9 +216,10 @@ pub fn rows(run: &RunArgs, cores: usize, floors: &Floors, m: Measured, s: Starts
         )
         .budget(l.ms(99.0), "ms p99", budget);
         r.vs_http = Some(format!(
-            "p50 {:.1}×, p99 {:.1}×",
+            "p50 {:.1}×, p99 {:.1}×{}",
             l.ms(50.0) / f50,
-            l.ms(99.0) / f99
+            l.ms(99.0) / f99,
+            if one { " 1-client floor" } else { "" }
         ));
         r.vs_aead = Some(aead_wait(l.ms(50.0)));
         r.json = json!({ "p50_ms": l.ms(50.0), "p99_ms": l.ms(99.0), "max_ms": l.ms(100.0),
