@@ -62,13 +62,12 @@ pub(crate) fn page<T>(mut items: Vec<T>, limit: usize, id: impl Fn(&T) -> &str) 
     Page { items, next_cursor }
 }
 
-/// How many of the newest rows a search looks at first: SQLite asks its
-/// index when these hold some matches but not a page; PostgreSQL may scan
-/// on (see [`next_window`]).
+/// How many of the newest rows a search looks at first, before it weighs
+/// scanning on against asking the index (see [`next_window`]).
 pub(crate) const SEARCH_WINDOW: i64 = 2000;
 
-/// How many of the newest rows a PostgreSQL search may scan in all, in
-/// windows, before it asks the index (see [`next_window`]).
+/// How many of the newest rows a search may scan in all before it asks the
+/// index (see [`next_window`]).
 pub(crate) const SEARCH_STRETCH: i64 = 20_000;
 
 /// After a scan of the newest `seen` rows found `hits` matches, not yet a
@@ -79,9 +78,11 @@ pub(crate) const SEARCH_STRETCH: i64 = 20_000;
 /// index would read every one of its 10,000 rows to sort them by id. A rare
 /// word (no match yet, or too few) goes to the index at once.
 ///
-/// SQLite does not scan on: there a longer scan filled the readers' page
-/// caches with table pages (RSS 83.5 MB after the searches at 1,000,000
-/// credentials, over the 80 MB budget) and its p99 rose.
+/// On SQLite the scan reads names and integrations from an index
+/// (`credentials_tenant_names`), not the table: a scan of the table's rows
+/// in id order read a scattered page per row and filled the readers' page
+/// caches (RSS 83.5 MB after the searches at 1,000,000 credentials, over the
+/// 80 MB budget).
 pub(crate) fn next_window(hits: usize, seen: i64, limit: usize) -> Option<i64> {
     debug_assert!(hits <= limit, "a full page needs no more rows");
     if hits == 0 {
@@ -91,27 +92,6 @@ pub(crate) fn next_window(hits: usize, seen: i64, limit: usize) -> Option<i64> {
     // The rows expected to hold them at the density so far, and a quarter more.
     let more = (wanted * seen / hits as i64 * 5 / 4).max(500);
     (seen + more <= SEARCH_STRETCH).then_some(more)
-}
-
-/// What a scan of the newest rows found, for both backends' searches.
-pub(crate) enum WindowVerdict {
-    /// The window was full and held less than a page: the index must decide.
-    AskTheIndex,
-    /// The window was the whole list and nothing matched.
-    NoMatches,
-    /// Fetch the matched rows: they are the page.
-    Fetch,
-}
-
-/// The decision after a window scan saw `seen` rows and matched `hits`.
-pub(crate) fn window_verdict(hits: usize, seen: i64, limit: usize) -> WindowVerdict {
-    if hits <= limit && seen == SEARCH_WINDOW {
-        WindowVerdict::AskTheIndex
-    } else if hits == 0 {
-        WindowVerdict::NoMatches
-    } else {
-        WindowVerdict::Fetch
-    }
 }
 
 #[derive(Debug, Clone, Copy)]

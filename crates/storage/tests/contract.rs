@@ -1295,10 +1295,9 @@ async fn search_dense_and_sparse() {
             .unwrap();
         assert!(page.items.is_empty() && page.next_cursor.is_none());
         // A word in 1% of the names: too few matches for a page in the
-        // newest 2,000 rows. SQLite's index finds the older ones; PostgreSQL
-        // scans on, as 20 matches in 2,000 rows promise the rest of a page
-        // within reach: a page filled before the list ends (22), and the
-        // list ending before a page is full (40).
+        // newest 2,000 rows. The search scans on, as 20 matches in 2,000
+        // rows promise the rest of a page within reach: a page filled before
+        // the list ends (22), and the list ending before a page is full (40).
         let expected: Vec<String> = (0..total)
             .rev()
             .filter(|n| n % 100 == 0)
