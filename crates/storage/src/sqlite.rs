@@ -799,6 +799,7 @@ impl Store for SqliteStore {
             base_args.push(after.to_string().into());
         }
         let limit = p.limit;
+        let auth_type = f.auth_type.clone();
         let q = f.q.clone().filter(|q| !q.is_empty());
         let q_integrations = f.q_integrations.clone();
         self.read(move |c| {
@@ -812,7 +813,12 @@ impl Store for SqliteStore {
             };
             // A query that matches many names is answered fastest by walking
             // the newest rows in order; one that matches few, by the index.
-            if let Some(found) = search_window(c, &base, &base_args, &q, &q_integrations, limit)? {
+            // The walk goes past its first window only where an index
+            // covers it: not with an `auth_type` filter, which no index has.
+            let stretch = auth_type.is_none();
+            if let Some(found) =
+                search_window(c, &base, &base_args, &q, &q_integrations, limit, stretch)?
+            {
                 return Ok(page(found, limit, |c| &c.id));
             }
             if q.chars().count() >= 3
@@ -1818,12 +1824,13 @@ fn fts_matches_fewer_than(c: &Connection, q: &str, n: i64) -> Result<bool> {
     Ok(found < n)
 }
 
-/// Walks the newest rows (names and integrations only, from the index
-/// `credentials_tenant_names`, not the table) for matches: the first
-/// `SEARCH_WINDOW`, and on while [`crate::next_window`] expects a page within
-/// reach. Answers the page when the walk found a full page of matches or
-/// reached the end of the list; `None` when the index must decide. The rows
-/// are stepped one by one, so the walk reads only as far as it goes.
+/// Walks the newest rows (names and integrations only, from a covering
+/// index, not the table: see migration 0007) for matches: the first
+/// `SEARCH_WINDOW`, and, if `stretch`, on while [`crate::next_window`]
+/// expects a page within reach. Answers the page when the walk found a full
+/// page of matches or reached the end of the list; `None` when the index
+/// must decide. The rows are stepped one by one, so the walk reads only as
+/// far as it goes.
 fn search_window(
     c: &Connection,
     base: &str,
@@ -1831,19 +1838,22 @@ fn search_window(
     q: &str,
     q_integrations: &[String],
     limit: usize,
+    stretch: bool,
 ) -> Result<Option<Vec<CredentialRecord>>> {
     let needle = q.to_lowercase();
     let sql = format!(
         "SELECT c.seq, c.name, c.integration_id FROM credentials c WHERE {base} ORDER BY c.id DESC LIMIT ?"
     );
     let mut args = base_args.to_vec();
-    args.push(SEARCH_STRETCH.into());
+    // One row past the stretch: a walk that reaches it must still see that
+    // the list goes on (and ask the index), not take the LIMIT for its end.
+    args.push((SEARCH_STRETCH + 1).into());
     let mut s = c.prepare_cached(&sql).map_err(backend)?;
     let mut rows = s.query(rusqlite::params_from_iter(args)).map_err(backend)?;
     let (mut seen, mut hits, mut reach) = (0i64, Vec::new(), SEARCH_WINDOW);
     while let Some(r) = rows.next().map_err(backend)? {
         if seen == reach {
-            match crate::next_window(hits.len(), seen, limit) {
+            match crate::next_window(hits.len(), seen, limit).filter(|_| stretch) {
                 Some(more) => reach += more,
                 None => return Ok(None),
             }
@@ -1874,9 +1884,10 @@ fn search_window(
     query_credentials(c, &sql, hits.into_iter().map(Value::from).collect()).map(Some)
 }
 
-/// Whether `hay`, lowercased, contains `needle` (already lowercased),
-/// without lowercasing a copy of an ASCII `hay`.
+/// Whether `hay`, lowercased, contains `needle`, which the caller has
+/// lowercased, without lowercasing a copy of an ASCII `hay`.
 fn contains_lowercase(hay: &str, needle: &str) -> bool {
+    debug_assert_eq!(needle, needle.to_lowercase(), "a lowercased needle");
     if hay.is_ascii() {
         let n = needle.as_bytes();
         n.is_empty()
@@ -1978,6 +1989,83 @@ mod tests {
         assert_eq!(
             steps,
             ["SEARCH c USING COVERING INDEX credentials_tenant_names (tenant_id=?)"]
+        );
+    }
+
+    #[test]
+    fn a_walk_that_reaches_the_stretch_asks_the_index_rather_than_end_the_page() {
+        // 50 matches in the newest 2,000 rows promise the 51st within reach,
+        // window after window, up to exactly SEARCH_STRETCH rows; the 51st
+        // is older. The walk must then ask the index, not answer 50 rows as
+        // if the list had ended there.
+        let mut c = migrated();
+        // No tenant or key rows: this is about the walk alone.
+        c.execute_batch("PRAGMA foreign_keys = OFF").unwrap();
+        let tx = c.transaction().unwrap();
+        {
+            let mut insert = tx
+                .prepare(
+                    "INSERT INTO credentials (id, tenant_id, name, description, integration_id,
+                        auth_type, services, scopes, params, secret_fields, status, version,
+                        kek_id, wrapped_dek, created_at, created_by, updated_at, updated_by)
+                     VALUES (?1, 't', ?2, '', 'github', 'api_key', '{}', '[]', '{}', '[]',
+                        'unchecked', 1, 'kek', x'00', 0, 'a', 0, 'a')",
+                )
+                .unwrap();
+            let older_match = SEARCH_STRETCH as u32 + 50;
+            for age in 0..SEARCH_STRETCH as u32 + 100 {
+                let matches = age < 50 || age == older_match;
+                let name = if matches { "needle" } else { "hay" };
+                insert
+                    .execute(params![
+                        format!("cred_{:08}", 99_999_999 - age),
+                        format!("{name} {age}")
+                    ])
+                    .unwrap();
+            }
+        }
+        tx.commit().unwrap();
+        let base_args = [Value::from("t".to_string())];
+        let walked =
+            search_window(&c, "c.tenant_id = ?", &base_args, "needle", &[], 50, true).unwrap();
+        assert!(
+            walked.is_none(),
+            "answered {:?} rows",
+            walked.map(|w| w.len())
+        );
+        // Without the stretch, the first window already asks the index.
+        let first =
+            search_window(&c, "c.tenant_id = ?", &base_args, "needle", &[], 50, false).unwrap();
+        assert!(first.is_none());
+        // A page found within reach is answered from the walk.
+        let page = search_window(&c, "c.tenant_id = ?", &base_args, "needle", &[], 20, true)
+            .unwrap()
+            .expect("a page in the newest rows");
+        assert_eq!(page.len(), 21, "the page and one more, for the cursor");
+    }
+
+    #[test]
+    fn a_filtered_search_walks_its_filters_covering_index() {
+        let walk = |filter: &str| {
+            plan(
+                &migrated(),
+                &format!(
+                    "SELECT c.seq, c.name, c.integration_id FROM credentials c
+                     WHERE c.tenant_id = 't' {filter} ORDER BY c.id DESC LIMIT 10"
+                ),
+            )
+        };
+        assert_eq!(
+            walk("AND c.integration_id = 'stripe' AND c.id < 'x'"),
+            ["SEARCH c USING COVERING INDEX credentials_integration (tenant_id=? AND integration_id=? AND id<?)"]
+        );
+        assert_eq!(
+            walk("AND c.status = 'valid'"),
+            ["SEARCH c USING COVERING INDEX credentials_status (tenant_id=? AND status=?)"]
+        );
+        assert_eq!(
+            walk("AND c.status = 'valid' AND c.integration_id = 'stripe'"),
+            ["SEARCH c USING COVERING INDEX credentials_status (tenant_id=? AND status=?)"]
         );
     }
 
