@@ -273,6 +273,15 @@ impl App {
                 ));
             }
         }
+        if let Some(i) = &params.integration {
+            if self.catalog.integration(i).is_none() {
+                errors.push(FieldError::new(
+                    "integration",
+                    "unknown",
+                    format!("There is no integration {i:?}."),
+                ));
+            }
+        }
         if let Some(t) = &params.auth_type {
             if domain::AuthType::parse(t).is_none() {
                 errors.push(FieldError::new(

@@ -274,6 +274,19 @@ async fn the_list_searches_by_credential_name_or_app_name_and_pages_stably() {
         .await
         .unwrap();
     assert_eq!(found, json!({ "items": [], "next_cursor": null }));
+    // No name holds a NUL: a query with one finds nothing.
+    let found = app.get("/v1/credentials?q=sup%00port").await;
+    assert_eq!(found.status(), 200);
+    let found: Value = found.json().await.unwrap();
+    assert_eq!(found, json!({ "items": [], "next_cursor": null }));
+    // The integration filter names one of the catalog's (PostgreSQL refused
+    // a NUL in it, a 500).
+    for bad in ["nonsense", "str%00ipe"] {
+        let refused = app.get(&format!("/v1/credentials?integration={bad}")).await;
+        assert_eq!(refused.status(), 422, "{bad}");
+        let problem: Value = refused.json().await.unwrap();
+        assert_eq!(problem["errors"][0]["field"], "integration", "{bad}");
+    }
 
     // Walk the whole list two at a time: every credential once, newest first.
     let mut seen = Vec::new();
