@@ -821,7 +821,11 @@ impl Store for SqliteStore {
             {
                 return Ok(page(found, limit, |c| &c.id));
             }
-            if q.chars().count() >= 3
+            // No name holds a NUL, and FTS5 would read one as the end of
+            // its query: such a query matches by integration only.
+            let by_name = !q.contains('\0');
+            if by_name
+                && q.chars().count() >= 3
                 && q_integrations.is_empty()
                 && fts_matches_fewer_than(c, &q, FTS_DRIVES_BELOW)?
             {
@@ -841,13 +845,13 @@ impl Store for SqliteStore {
             }
             let mut alternatives = Vec::new();
             let mut args = base_args;
-            if q.chars().count() >= 3 {
+            if by_name && q.chars().count() >= 3 {
                 alternatives.push(
                     "c.seq IN (SELECT rowid FROM credentials_fts WHERE credentials_fts MATCH ?)"
                         .to_string(),
                 );
                 args.push(fts_phrase(&q).into());
-            } else {
+            } else if by_name {
                 alternatives.push("instr(lower(c.name), ?) > 0".to_string());
                 args.push(q.to_lowercase().into());
             }
@@ -857,6 +861,9 @@ impl Store for SqliteStore {
                     vec!["?"; q_integrations.len()].join(", ")
                 ));
                 args.extend(q_integrations.iter().map(|i| Value::from(i.clone())));
+            }
+            if alternatives.is_empty() {
+                return Ok(page(Vec::new(), limit, |c: &CredentialRecord| &c.id));
             }
             let sql = format!(
                 "SELECT {CREDENTIAL_COLUMNS} FROM credentials c WHERE {base} AND ({}) ORDER BY c.id DESC LIMIT ?",

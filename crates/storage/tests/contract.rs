@@ -1216,6 +1216,7 @@ async fn search_dense_and_sparse() {
             (5, "Rare app", "zendesk"),
             (6, "Promo 100%_off", "github"),
             (7, "Promo 100x off", "github"),
+            (2_497, "Café Ünïque", "github"),
         ];
         let mut writers = JoinSet::new();
         for n in 0..total {
@@ -1242,13 +1243,15 @@ async fn search_dense_and_sparse() {
         while let Some(w) = writers.join_next().await {
             w.unwrap();
         }
-        s.insert_credential(
-            credential("ten_b", "cred_b", "Needle other", "stripe"),
-            vec![],
-            audit("ten_b", "credential.create"),
-        )
-        .await
-        .unwrap();
+        for (id, name) in [("cred_b", "Needle other"), ("cred_b2", "İzmir Straße")] {
+            s.insert_credential(
+                credential("ten_b", id, name, "stripe"),
+                vec![],
+                audit("ten_b", "credential.create"),
+            )
+            .await
+            .unwrap();
+        }
 
         // Sparse matches, older than the window: through the index.
         assert_eq!(
@@ -1265,6 +1268,24 @@ async fn search_dense_and_sparse() {
         );
         // Short queries scan.
         assert_eq!(names(&s, "ten_a", "xy", &[], 50).await, ["Xy old"]);
+        // Letters beyond ASCII fold too: through the index (one match in
+        // the newest 2,000 rows does not promise a page), and in the scan
+        // of a short list; the query folds as the names do (`İ`, whose
+        // lowercase differs between Rust and the C library).
+        assert_eq!(names(&s, "ten_a", "fÉ ÜNÏ", &[], 50).await, ["Café Ünïque"]);
+        assert_eq!(
+            names(&s, "ten_b", "İZMIR STRA", &[], 50).await,
+            ["İzmir Straße"]
+        );
+        // No name holds a NUL: such a query matches by integration only.
+        assert_eq!(
+            names(&s, "ten_a", "ünïque\0", &[], 50).await,
+            Vec::<String>::new()
+        );
+        assert_eq!(
+            names(&s, "ten_a", "\0", &["zendesk"], 50).await,
+            ["Rare app"]
+        );
         // The app's name matches through its integration id.
         assert_eq!(
             names(&s, "ten_a", "zen", &["zendesk"], 50).await,
@@ -1954,7 +1975,7 @@ async fn postgres_replicas_migrate_once() {
         let idle = PostgresStore::open_unmigrated(&url, Some(&name)).unwrap();
         assert_eq!(
             idle.migration_status().await.unwrap(),
-            [(1, false), (2, false), (3, false), (4, false)]
+            [(1, false), (2, false), (3, false), (4, false), (5, false)]
         );
         let mut replicas = JoinSet::new();
         for _ in 0..3 {
@@ -1970,7 +1991,7 @@ async fn postgres_replicas_migrate_once() {
         }
         assert_eq!(
             idle.migration_status().await.unwrap(),
-            [(1, true), (2, true), (3, true), (4, true)]
+            [(1, true), (2, true), (3, true), (4, true), (5, true)]
         );
         assert!(idle.migrate().await.unwrap().is_empty());
         let e = PostgresStore::connect_in_schema(&url, "Bad-Name")
