@@ -1836,6 +1836,19 @@ async fn counters_add_up() {
         );
         assert_eq!(counted, s.counters("cred_1").await.unwrap());
         assert_eq!(counted.len(), 3);
+        s.insert_credential(
+            credential("ten_a", "cred_5", "Never counted", "stripe"),
+            vec![],
+            audit("ten_a", "credential.create"),
+        )
+        .await
+        .unwrap();
+        let (rec, counted) = s
+            .get_credential_with_counters("ten_a", "cred_5")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((rec.name.as_str(), counted.len()), ("Never counted", 0));
         assert!(s
             .get_credential_with_counters("ten_b", "cred_1")
             .await
