@@ -250,6 +250,9 @@ fn with_etag(status: StatusCode, c: Credential) -> Response {
 pub struct CredentialQuery {
     /// Matches the credential's name or its integration's name, case-insensitively.
     pub q: Option<String>,
+    /// Only credentials of this integration: an id as `GET /v1/integrations`
+    /// lists them (one no longer listed still filters its credentials).
+    #[param(min_length = 1, max_length = 64)]
     pub integration: Option<String>,
     pub auth_type: Option<String>,
     pub status: Option<String>,

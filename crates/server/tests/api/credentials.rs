@@ -279,14 +279,21 @@ async fn the_list_searches_by_credential_name_or_app_name_and_pages_stably() {
     assert_eq!(found.status(), 200);
     let found: Value = found.json().await.unwrap();
     assert_eq!(found, json!({ "items": [], "next_cursor": null }));
-    // The integration filter names one of the catalog's (PostgreSQL refused
-    // a NUL in it, a 500).
-    for bad in ["nonsense", "str%00ipe"] {
+    // The integration filter must look like an id (PostgreSQL refused a
+    // NUL in it, a 500); one the catalog lacks just matches nothing here.
+    for bad in ["str%00ipe", ""] {
         let refused = app.get(&format!("/v1/credentials?integration={bad}")).await;
-        assert_eq!(refused.status(), 422, "{bad}");
+        assert_eq!(refused.status(), 422, "{bad:?}");
         let problem: Value = refused.json().await.unwrap();
-        assert_eq!(problem["errors"][0]["field"], "integration", "{bad}");
+        assert_eq!(problem["errors"][0]["field"], "integration", "{bad:?}");
     }
+    let found: Value = app
+        .get("/v1/credentials?integration=retired_app")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(found, json!({ "items": [], "next_cursor": null }));
 
     // Walk the whole list two at a time: every credential once, newest first.
     let mut seen = Vec::new();
