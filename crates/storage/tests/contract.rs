@@ -2500,3 +2500,176 @@ async fn retiring_a_key_races_no_create_that_uses_it() {
     })
     .await;
 }
+
+/// PostgreSQL's group commit of creates: creates that arrive together go in
+/// with one statement, and each is answered as if it had been alone. A name
+/// taken by a stored credential, or by an earlier create of the same group,
+/// is refused with its holder; a retired key with `KeyRetired`; the others
+/// are stored whole (secrets, the last of a repeated field winning, and one
+/// audit entry each). A group whose statement fails (here, a tenant that
+/// does not exist) is tried create by create, so only the bad one fails.
+#[tokio::test]
+async fn postgres_creates_together_answer_each_as_alone() {
+    let Some(schema) = postgres_or_skip().await else {
+        return;
+    };
+    let name = schema.name.clone();
+    let outcome = tokio::spawn(async move {
+        let pg = Arc::new(
+            PostgresStore::connect_in_schema(&postgres_url(), &name)
+                .await
+                .unwrap(),
+        );
+        let s: Arc<dyn Store> = pg.clone();
+        two_tenants(&s).await;
+        assert!(s.add_first_key(key("kek_0", 1)).await.unwrap());
+        s.rotate_key("kek_0", key("kek_1", 2), audit("ten_a", "keys.rotate"))
+            .await
+            .unwrap();
+        assert!(s
+            .retire_key("kek_0", audit("ten_a", "keys.retire"))
+            .await
+            .unwrap());
+        s.insert_credential(
+            credential("ten_a", "cred_g_taken", "Taken", "x"),
+            vec![],
+            audit("ten_a", "credential.create"),
+        )
+        .await
+        .unwrap();
+        let (audited_a, audited_b) = (
+            audit_count(&s, "ten_a").await,
+            audit_count(&s, "ten_b").await,
+        );
+
+        let mut checked = credential("ten_a", "cred_g5", "Gamma", "stripe");
+        checked.status = "invalid".into();
+        checked.status_message = Some("the key was refused".into());
+        checked.checked_at = Some(t(4));
+        let mut old_key = credential("ten_a", "cred_g3", "Old key", "x");
+        old_key.kek_id = "kek_0".into();
+        let group = vec![
+            (
+                credential("ten_a", "cred_g0", "Alpha", "x"),
+                vec![
+                    secret("api_key", b"a1"),
+                    secret("token", b"t"),
+                    secret("api_key", b"a2"),
+                ],
+                audit("ten_a", "credential.create"),
+            ),
+            (
+                credential("ten_a", "cred_g1", "ALPHA", "x"),
+                vec![secret("api_key", b"lost")],
+                audit("ten_a", "credential.create"),
+            ),
+            (
+                credential("ten_a", "cred_g2", "taken", "x"),
+                vec![],
+                audit("ten_a", "credential.create"),
+            ),
+            (old_key, vec![], audit("ten_a", "credential.create")),
+            (
+                credential("ten_b", "cred_g4", "Alpha", "x"),
+                vec![secret("api_key", b"b")],
+                audit("ten_b", "credential.create"),
+            ),
+            (checked.clone(), vec![], audit("ten_a", "credential.create")),
+        ];
+        let answers = pg.insert_credentials(group).await.expect("one statement");
+        let answers: Vec<std::result::Result<(), String>> = answers
+            .into_iter()
+            .map(|r| r.map_err(|e| format!("{e:?}")))
+            .collect();
+        assert_eq!(
+            answers,
+            vec![
+                Ok(()),
+                Err(format!("{:?}", StoreError::NameTaken("cred_g0".into()))),
+                Err(format!(
+                    "{:?}",
+                    StoreError::NameTaken("cred_g_taken".into())
+                )),
+                Err(format!("{:?}", StoreError::KeyRetired("kek_0".into()))),
+                Ok(()),
+                Ok(()),
+            ]
+        );
+        let (rec, sealed) = s.get_sealed("ten_a", "cred_g0").await.unwrap().unwrap();
+        assert_eq!(rec, credential("ten_a", "cred_g0", "Alpha", "x"));
+        let mut sealed = secrets(&sealed);
+        sealed.sort();
+        assert_eq!(
+            sealed,
+            secrets(&[secret("api_key", b"a2"), secret("token", b"t")])
+        );
+        let (_, sealed) = s.get_sealed("ten_b", "cred_g4").await.unwrap().unwrap();
+        assert_eq!(secrets(&sealed), secrets(&[secret("api_key", b"b")]));
+        assert_eq!(
+            s.get_credential("ten_a", "cred_g5").await.unwrap(),
+            Some(checked)
+        );
+        for refused in ["cred_g1", "cred_g2", "cred_g3"] {
+            assert_eq!(
+                s.get_credential("ten_a", refused).await.unwrap(),
+                None,
+                "{refused}"
+            );
+        }
+        assert_eq!(audit_count(&s, "ten_a").await, audited_a + 2);
+        assert_eq!(audit_count(&s, "ten_b").await, audited_b + 1);
+
+        let delta = (
+            credential("ten_a", "cred_h0", "Delta", "x"),
+            vec![secret("api_key", b"d")],
+            audit("ten_a", "credential.create"),
+        );
+        let failed = pg
+            .insert_credentials(vec![
+                delta.clone(),
+                (
+                    credential("ten_none", "cred_h1", "Epsilon", "x"),
+                    vec![],
+                    audit("ten_none", "credential.create"),
+                ),
+            ])
+            .await;
+        assert!(
+            failed.is_err(),
+            "a create for no tenant went in: {failed:?}"
+        );
+        assert_eq!(
+            s.get_credential("ten_a", "cred_h0").await.unwrap(),
+            None,
+            "half a group stored"
+        );
+        assert_eq!(audit_count(&s, "ten_a").await, audited_a + 2);
+
+        // Through the group commit, at once: a failing group is retried
+        // create by create, so the good ones go in.
+        let mut racers = JoinSet::new();
+        for n in 0..8 {
+            let (s, mut create) = (s.clone(), delta.clone());
+            create.0.id = format!("cred_h{n}");
+            create.0.name = format!("Delta {n}");
+            create.2 = audit("ten_a", "credential.create");
+            if n == 3 {
+                create.0.tenant_id = "ten_none".into();
+            }
+            racers
+                .spawn(async move { (n, s.insert_credential(create.0, create.1, create.2).await) });
+        }
+        while let Some(joined) = racers.join_next().await {
+            let (n, r) = joined.unwrap();
+            assert_eq!(r.is_ok(), n != 3, "create {n}: {r:?}");
+        }
+        let (_, sealed) = s.get_sealed("ten_a", "cred_h7").await.unwrap().unwrap();
+        assert_eq!(secrets(&sealed), secrets(&[secret("api_key", b"d")]));
+        assert_eq!(audit_count(&s, "ten_a").await, audited_a + 9);
+    })
+    .await;
+    schema.drop_schema().await;
+    if let Err(e) = outcome {
+        std::panic::resume_unwind(e.into_panic());
+    }
+}
