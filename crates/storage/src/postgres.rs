@@ -289,7 +289,16 @@ impl PostgresStore {
             .iter()
             .map(|(rec, secrets, audit)| (rec, secrets.as_slice(), audit))
             .collect();
-        insert_group_answered(&self.client().await?, &items).await
+        let client = self.client().await?;
+        let answers = group_answers(&client, &items).await?;
+        let mut out = Vec::with_capacity(items.len());
+        for ((rec, secrets, audit), answer) in items.iter().zip(answers) {
+            out.push(match answer {
+                Some(outcome) => outcome,
+                None => insert_credential(&client, rec, secrets, Some(audit)).await,
+            });
+        }
+        Ok(out)
     }
 
     async fn client(&self) -> Result<deadpool_postgres::Client> {
@@ -547,9 +556,11 @@ type CreateJob = (
 enum Grouped {
     Inserted,
     KeyRetired,
-    /// Not inserted: the name is taken, by a stored credential or by one
-    /// earlier in the same statement. Retried alone, which says by whom.
-    NameClash,
+    /// Not inserted: the name is taken (by a stored credential or by an
+    /// earlier create of the group), or its lock is held by another
+    /// transaction. Tried alone, which waits for the lock and says who
+    /// holds the name.
+    Alone,
 }
 
 /// Group commit of creates, as [`event_writer`] does for ingress: takes
@@ -557,7 +568,10 @@ enum Grouped {
 /// statement, so one transaction, one WAL flush and one round trip serve
 /// them all. PostgreSQL spends most of a lone create on the statement and
 /// its commit rather than on the rows (in `pgbench`, eight creates per
-/// statement went in four times as fast as one per statement).
+/// statement went in four times as fast as one per statement). What the
+/// group leaves unanswered goes alone, each on a task and connection of its
+/// own ([`create_alone`]), so a create that waits for a lock never holds up
+/// the writer.
 async fn create_writer(pool: Pool, queue: Arc<Mutex<mpsc::Receiver<CreateJob>>>) {
     loop {
         let mut batch = Vec::new();
@@ -574,67 +588,78 @@ async fn create_writer(pool: Pool, queue: Arc<Mutex<mpsc::Receiver<CreateJob>>>)
                 }
             }
         }
-        let items: Vec<_> = batch
-            .iter()
-            .map(|(rec, secrets, audit, _)| (rec, secrets.as_slice(), audit))
-            .collect();
-        let outcomes = insert_credentials_together(&pool, &items).await;
-        for ((_, _, _, done), outcome) in batch.into_iter().zip(outcomes) {
-            let _ = done.send(outcome);
+        let answers = if batch.len() > 1 {
+            let items: Vec<_> = batch
+                .iter()
+                .map(|(rec, secrets, audit, _)| (rec, secrets.as_slice(), audit))
+                .collect();
+            match pool.get().await {
+                Ok(client) => group_answers(&client, &items).await.unwrap_or_else(|_| {
+                    // Not the error's text: it may quote a row.
+                    tracing::warn!(
+                        creates = items.len(),
+                        "a group of creates failed; trying each alone"
+                    );
+                    vec![None; items.len()]
+                }),
+                Err(_) => vec![None; items.len()],
+            }
+        } else {
+            vec![None]
+        };
+        for (job, answer) in batch.into_iter().zip(answers) {
+            match answer {
+                Some(outcome) => {
+                    let _ = job.3.send(outcome);
+                }
+                None => {
+                    tokio::spawn(create_alone(pool.clone(), job));
+                }
+            }
         }
     }
 }
 
-/// Creates `items` together and answers each one's outcome, in order, as
-/// [`insert_credential`] would have answered it alone. When the group's
-/// statement fails (one bad row fails it, or a deadlock with another
-/// writer's locks), each create is tried alone, so only the bad one fails.
-async fn insert_credentials_together(
-    pool: &Pool,
-    items: &[(&CredentialRecord, &[SealedSecret], &AuditEntry)],
-) -> Vec<Result<()>> {
-    let client = match pool.get().await {
-        Ok(c) => c,
-        Err(e) => {
-            let e = backend(&e);
-            return items.iter().map(|_| Err(e.clone())).collect();
-        }
+/// One create, alone ([`insert_credential`]), answered to its caller.
+async fn create_alone(pool: Pool, (rec, secrets, audit, done): CreateJob) {
+    let outcome = match pool.get().await {
+        Ok(client) => insert_credential(&client, &rec, &secrets, Some(&audit)).await,
+        Err(e) => Err(backend(&e)),
     };
-    if items.len() > 1 {
-        match insert_group_answered(&client, items).await {
-            Ok(answers) => return answers,
-            Err(e) => tracing::warn!(
-                error = %e,
-                creates = items.len(),
-                "a group of creates failed; trying each alone"
-            ),
-        }
-    }
-    let mut out = Vec::with_capacity(items.len());
-    for (rec, secrets, audit) in items {
-        out.push(insert_credential(&client, rec, secrets, Some(audit)).await);
-    }
-    out
+    let _ = done.send(outcome);
 }
 
-/// The group's statement ([`insert_group`]), then each create whose name
-/// was taken tried alone, which says by whom (or stores it, should the
-/// holder be gone by then). `Err` when the statement failed: nothing of the
+/// The group's statement ([`insert_group`]) and each create's answer as
+/// [`insert_credential`] would have given it alone, or `None` where only a
+/// create alone can answer: its name was taken or locked, or its id came
+/// earlier in the group. `Err` when the statement failed: nothing of the
 /// group is stored then.
-async fn insert_group_answered(
+async fn group_answers(
     c: &impl GenericClient,
     items: &[(&CredentialRecord, &[SealedSecret], &AuditEntry)],
-) -> Result<Vec<Result<()>>> {
-    let grouped = insert_group(c, items).await?;
-    let mut out = Vec::with_capacity(items.len());
-    for ((rec, secrets, audit), outcome) in items.iter().zip(grouped) {
-        out.push(match outcome {
-            Grouped::Inserted => Ok(()),
-            Grouped::KeyRetired => Err(StoreError::KeyRetired(rec.kek_id.clone())),
-            Grouped::NameClash => insert_credential(c, rec, secrets, Some(audit)).await,
-        });
-    }
-    Ok(out)
+) -> Result<Vec<Option<Result<()>>>> {
+    let mut seen = std::collections::HashSet::new();
+    let first: Vec<bool> = items.iter().map(|i| seen.insert(i.0.id.as_str())).collect();
+    let group: Vec<_> = items
+        .iter()
+        .zip(&first)
+        .filter(|(_, first)| **first)
+        .map(|(i, _)| *i)
+        .collect();
+    let mut grouped = insert_group(c, &group).await?.into_iter();
+    Ok(items
+        .iter()
+        .zip(first)
+        .map(
+            |(item, first)| match first.then(|| grouped.next()).flatten() {
+                Some(Grouped::Inserted) => Some(Ok(())),
+                Some(Grouped::KeyRetired) => {
+                    Some(Err(StoreError::KeyRetired(item.0.kek_id.clone())))
+                }
+                Some(Grouped::Alone) | None => None,
+            },
+        )
+        .collect())
 }
 
 /// One statement for a group of creates; the outcome of each, in order.
@@ -739,7 +764,7 @@ async fn insert_group(
         } else if r.try_get::<_, bool>(2).map_err(pg)? {
             Grouped::KeyRetired
         } else {
-            Grouped::NameClash
+            Grouped::Alone
         };
         by_id.insert(id, outcome);
     }
@@ -753,16 +778,20 @@ async fn insert_group(
         .collect()
 }
 
-/// [`INSERT_CREDENTIAL_SQL`] for many creates at once, with the same locks:
+/// [`INSERT_CREDENTIAL_SQL`] for many creates at once (ids distinct), with
+/// the same locks, not waited for the same way:
 ///
 /// - `k` share-locks the rows of every master key the group uses, in id
-///   order.
-/// - `l` takes the advisory lock of every name, in the locks' order, so two
-///   groups never wait for each other in a cycle. The scalar subquery in the
-///   insert's `WHERE` is evaluated once, before its first row.
-/// - `ON CONFLICT ... DO NOTHING` skips a name that is taken, by a stored
-///   row or by an earlier row of the group; such a create is tried alone
-///   afterwards ([`insert_credentials_together`]).
+///   order, as a lone create does its key's.
+/// - `l` tries each name's advisory lock (`pg_try_advisory_xact_lock`) and
+///   never waits for one: a create whose name another transaction holds is
+///   left out, and tried alone afterwards, which waits. So a group waits for
+///   no name, cannot deadlock with an import or a rename holding names, and
+///   is not held up by one.
+/// - The rows go in in the group's order, so of two creates of one name the
+///   first wins; `ON CONFLICT ... DO NOTHING` skips a name that is taken, by
+///   a stored row or an earlier row of the group (tried alone afterwards,
+///   which says by whom).
 /// - Secrets and audit entries go in only for the credentials inserted.
 ///
 /// It answers, per create: its id, whether it was inserted, and whether its
@@ -774,18 +803,19 @@ const INSERT_CREDENTIALS_SQL: &str = "WITH v AS (
             $17::timestamptz[], $18::text[], $19::timestamptz[], $20::text[],
             $21::text[], $22::text[], $23::text[], $24::text[], $25::text[], $26::text[],
             $27::text[], $28::timestamptz[], $29::text[], $30::jsonb[])
+        WITH ORDINALITY
         AS u (id, tenant_id, name, description, integration_id, auth_type, services, scopes,
               params, secret_fields, status, status_message, checked_at, version, kek_id,
               wrapped_dek, created_at, created_by, updated_at, updated_by,
               a_id, a_tenant_id, a_actor_id, a_actor_name, a_action, a_target_type,
-              a_target_id, a_at, a_source, a_details)
+              a_target_id, a_at, a_source, a_details, ord)
      ),
      k AS (
          SELECT id, state FROM master_keys WHERE id IN (SELECT kek_id FROM v)
          ORDER BY id FOR SHARE
      ),
      l AS (
-         SELECT pg_advisory_xact_lock($31::int4, h)
+         SELECT h, pg_try_advisory_xact_lock($31::int4, h) AS locked
          FROM (SELECT DISTINCT hashtext(tenant_id || '/' || lower(name COLLATE \"C\")) AS h
                FROM v ORDER BY 1) AS names
      ),
@@ -797,9 +827,10 @@ const INSERT_CREDENTIALS_SQL: &str = "WITH v AS (
              v.services, v.scopes, v.params, v.secret_fields, v.status, v.status_message,
              v.checked_at, v.version, v.kek_id, v.wrapped_dek, v.created_at, v.created_by,
              v.updated_at, v.updated_by
-         FROM v
-         WHERE (SELECT count(*) FROM l) >= 0
-           AND NOT EXISTS (SELECT 1 FROM k WHERE k.id = v.kek_id AND k.state = 'retired')
+         FROM v JOIN l
+           ON l.h = hashtext(v.tenant_id || '/' || lower(v.name COLLATE \"C\")) AND l.locked
+         WHERE NOT EXISTS (SELECT 1 FROM k WHERE k.id = v.kek_id AND k.state = 'retired')
+         ORDER BY v.ord
          ON CONFLICT (tenant_id, lower(name COLLATE \"C\")) DO NOTHING
          RETURNING id
      ),
@@ -1475,10 +1506,13 @@ impl Store for PostgresStore {
             tx
         });
         let (done, wait) = oneshot::channel();
-        queue
-            .send((rec, secrets, audit, done))
-            .await
-            .map_err(|_| StoreError::Backend("the create writer has stopped".into()))?;
+        if let Err(mpsc::error::SendError((rec, secrets, audit, _))) =
+            queue.send((rec, secrets, audit, done)).await
+        {
+            // The writers are gone (they panicked): the create goes alone.
+            let client = self.client().await?;
+            return insert_credential(&client, &rec, &secrets, Some(&audit)).await;
+        }
         wait.await
             .map_err(|_| StoreError::Backend("the create writer dropped a create".into()))?
     }

@@ -2619,6 +2619,84 @@ async fn postgres_creates_together_answer_each_as_alone() {
         assert_eq!(audit_count(&s, "ten_a").await, audited_a + 2);
         assert_eq!(audit_count(&s, "ten_b").await, audited_b + 1);
 
+        // An id repeated in a group: the first create has it, the second is
+        // tried alone and refused.
+        let answers = pg
+            .insert_credentials(vec![
+                (
+                    credential("ten_a", "cred_g6", "Zeta", "x"),
+                    vec![secret("api_key", b"z")],
+                    audit("ten_a", "credential.create"),
+                ),
+                (
+                    credential("ten_a", "cred_g6", "Eta", "x"),
+                    vec![secret("token", b"e")],
+                    audit("ten_a", "credential.create"),
+                ),
+            ])
+            .await
+            .expect("one statement");
+        assert!(answers[0].is_ok(), "{:?}", answers[0]);
+        assert!(answers[1].is_err(), "a second create of one id went in");
+        let (rec, sealed) = s.get_sealed("ten_a", "cred_g6").await.unwrap().unwrap();
+        assert_eq!(rec.name, "Zeta");
+        assert_eq!(secrets(&sealed), secrets(&[secret("api_key", b"z")]));
+        assert_eq!(audit_count(&s, "ten_a").await, audited_a + 3);
+        let audited_a = audited_a + 1;
+
+        // A name whose lock another transaction holds is not waited for by
+        // the group: the group's other creates are stored meanwhile, and
+        // that one goes in alone once the lock is released.
+        let (mut holder, connection) = postgres_url()
+            .parse::<tokio_postgres::Config>()
+            .unwrap()
+            .connect(tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(connection);
+        let holding = holder.transaction().await.unwrap();
+        holding
+            .execute(
+                "SELECT pg_advisory_xact_lock(2, hashtext('ten_a/' || lower('Held' COLLATE \"C\")))",
+                &[],
+            )
+            .await
+            .unwrap();
+        let group = tokio::spawn({
+            let pg = pg.clone();
+            async move {
+                pg.insert_credentials(vec![
+                    (
+                        credential("ten_a", "cred_l0", "Held", "x"),
+                        vec![],
+                        audit("ten_a", "credential.create"),
+                    ),
+                    (
+                        credential("ten_a", "cred_l1", "Free", "x"),
+                        vec![],
+                        audit("ten_a", "credential.create"),
+                    ),
+                ])
+                .await
+            }
+        });
+        let mut free = None;
+        for _ in 0..100 {
+            free = s.get_credential("ten_a", "cred_l1").await.unwrap();
+            if free.is_some() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        assert!(free.is_some(), "the group waited for another create's lock");
+        assert_eq!(s.get_credential("ten_a", "cred_l0").await.unwrap(), None);
+        assert!(!group.is_finished(), "the held name did not wait for its lock");
+        holding.commit().await.unwrap();
+        let answers = group.await.unwrap().expect("one statement");
+        assert!(answers.iter().all(|a| a.is_ok()), "{answers:?}");
+        assert!(s.get_credential("ten_a", "cred_l0").await.unwrap().is_some());
+        let audited_a = audited_a + 2;
+
         let delta = (
             credential("ten_a", "cred_h0", "Delta", "x"),
             vec![secret("api_key", b"d")],
