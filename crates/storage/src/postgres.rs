@@ -588,24 +588,22 @@ async fn create_writer(pool: Pool, queue: Arc<Mutex<mpsc::Receiver<CreateJob>>>)
                 }
             }
         }
-        let answers = if batch.len() > 1 {
-            let items: Vec<_> = batch
-                .iter()
-                .map(|(rec, secrets, audit, _)| (rec, secrets.as_slice(), audit))
-                .collect();
-            match pool.get().await {
-                Ok(client) => group_answers(&client, &items).await.unwrap_or_else(|_| {
-                    // Not the error's text: it may quote a row.
-                    tracing::warn!(
-                        creates = items.len(),
-                        "a group of creates failed; trying each alone"
-                    );
-                    vec![None; items.len()]
-                }),
-                Err(_) => vec![None; items.len()],
-            }
-        } else {
-            vec![None]
+        // A group of one too: the writer is busy for its round trip, and
+        // the creates that arrive meanwhile make the next group.
+        let items: Vec<_> = batch
+            .iter()
+            .map(|(rec, secrets, audit, _)| (rec, secrets.as_slice(), audit))
+            .collect();
+        let answers = match pool.get().await {
+            Ok(client) => group_answers(&client, &items).await.unwrap_or_else(|_| {
+                // Not the error's text: it may quote a row.
+                tracing::warn!(
+                    creates = items.len(),
+                    "a group of creates failed; trying each alone"
+                );
+                vec![None; items.len()]
+            }),
+            Err(_) => vec![None; items.len()],
         };
         for (job, answer) in batch.into_iter().zip(answers) {
             match answer {
