@@ -314,6 +314,23 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for QueryParams<T>
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        // No stored text holds a NUL (PostgreSQL's text cannot, and refuses
+        // a parameter with one): a value with one can only be a mistake.
+        if let Ok(pairs) =
+            axum::extract::Query::<Vec<(String, String)>>::from_request_parts(parts, state).await
+        {
+            let errors: Vec<FieldError> = pairs
+                .0
+                .iter()
+                .filter(|(_, value)| value.contains('\0'))
+                .map(|(name, _)| {
+                    FieldError::new(name, "invalid", "Must not contain a NUL character (%00).")
+                })
+                .collect();
+            if !errors.is_empty() {
+                return Err(ApiError::validation(errors));
+            }
+        }
         match axum::extract::Query::<T>::from_request_parts(parts, state).await {
             Ok(q) => Ok(QueryParams(q.0)),
             Err(QueryRejection::FailedToDeserializeQueryString(e)) => Err(ApiError::bad_request(
@@ -337,6 +354,17 @@ impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for PathPar
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        // No record's id holds a NUL (and PostgreSQL refuses a parameter
+        // with one): such a path names nothing.
+        if let Ok(raw) = axum::extract::RawPathParams::from_request_parts(parts, state).await {
+            if raw.iter().any(|(_, value)| value.contains('\0')) {
+                return Err(ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    "not_found",
+                    "No such record.",
+                ));
+            }
+        }
         match axum::extract::Path::<T>::from_request_parts(parts, state).await {
             Ok(p) => Ok(PathParam(p.0)),
             Err(PathRejection::FailedToDeserializePathParams(_)) => Err(ApiError::new(

@@ -274,11 +274,12 @@ async fn the_list_searches_by_credential_name_or_app_name_and_pages_stably() {
         .await
         .unwrap();
     assert_eq!(found, json!({ "items": [], "next_cursor": null }));
-    // No name holds a NUL: a query with one finds nothing.
-    let found = app.get("/v1/credentials?q=sup%00port").await;
-    assert_eq!(found.status(), 200);
-    let found: Value = found.json().await.unwrap();
-    assert_eq!(found, json!({ "items": [], "next_cursor": null }));
+    // No name holds a NUL: a query with one is refused, saying which.
+    let refused = app.get("/v1/credentials?q=sup%00port").await;
+    assert_eq!(refused.status(), 422);
+    let problem: Value = refused.json().await.unwrap();
+    assert_eq!(problem["errors"][0]["field"], "q");
+    assert_eq!(problem["errors"][0]["code"], "invalid");
     // The integration filter must look like an id (PostgreSQL refused a
     // NUL in it, a 500); one the catalog lacks just matches nothing here.
     for bad in ["str%00ipe", ""] {

@@ -112,3 +112,55 @@ async fn the_spec_is_openapi_3_1_and_lists_exactly_the_routes_that_answer() {
         404
     );
 }
+
+/// No stored text holds a NUL (PostgreSQL's text cannot), so an id or a
+/// filter with one names nothing; PostgreSQL refuses such a parameter
+/// outright, which must not surface as a 500. Every documented operation,
+/// with a NUL in each path parameter, and every query parameter of every
+/// GET, on a tenant that has a credential.
+#[tokio::test]
+async fn a_nul_in_any_path_parameter_or_query_parameter_is_not_a_server_error() {
+    let app = spawn_app().await;
+    app.create(&stripe("Shop")).await;
+    let spec: Value = app.get("/v1/openapi.json").await.json().await.unwrap();
+    let mut tried = 0;
+    for (path, item) in spec["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            if !["get", "post", "patch", "put", "delete"].contains(&method.as_str()) {
+                continue;
+            }
+            let method: reqwest::Method = method.to_uppercase().parse().unwrap();
+            let mut urls = Vec::new();
+            if path.contains('{') {
+                urls.push(
+                    path.replace("{id}", "cred%00x")
+                        .replace("{app_user_id}", "u%00x"),
+                );
+            }
+            if method == reqwest::Method::GET {
+                let concrete = path.replace("{id}", "cred_x").replace("{app_user_id}", "u");
+                for p in op["parameters"].as_array().into_iter().flatten() {
+                    if p["in"] == "query" {
+                        urls.push(format!("{concrete}?{}=a%00b", p["name"].as_str().unwrap()));
+                    }
+                }
+            }
+            for url in urls {
+                let res = app
+                    .req(method.clone(), &url, &app.token)
+                    .json(&serde_json::json!({}))
+                    .send()
+                    .await
+                    .unwrap();
+                let status = res.status();
+                assert!(
+                    status.is_success() || status.is_client_error(),
+                    "{method} {url}: {status} {}",
+                    res.text().await.unwrap_or_default()
+                );
+                tried += 1;
+            }
+        }
+    }
+    assert!(tried > 30, "only {tried} requests were tried");
+}
