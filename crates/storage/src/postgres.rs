@@ -784,8 +784,11 @@ async fn insert_group(
 /// - `l` tries each name's advisory lock (`pg_try_advisory_xact_lock`) and
 ///   never waits for one: a create whose name another transaction holds is
 ///   left out, and tried alone afterwards, which waits. So a group waits for
-///   no name, cannot deadlock with an import or a rename holding names, and
-///   is not held up by one.
+///   no name lock. It may wait for a row another transaction wrote (a
+///   credential renamed away from a name the group creates); such a writer
+///   holds that name's lock or takes no lock after writing (a rename takes
+///   one before; an import takes all of its names before writing), so it
+///   never waits for the group in turn.
 /// - The rows go in in the group's order, so of two creates of one name the
 ///   first wins; `ON CONFLICT ... DO NOTHING` skips a name that is taken, by
 ///   a stored row or an earlier row of the group (tried alone afterwards,
@@ -812,7 +815,7 @@ const INSERT_CREDENTIALS_SQL: &str = "WITH v AS (
          SELECT id, state FROM master_keys WHERE id IN (SELECT kek_id FROM v)
          ORDER BY id FOR SHARE
      ),
-     l AS (
+     l AS MATERIALIZED (
          SELECT h, pg_try_advisory_xact_lock($31::int4, h) AS locked
          FROM (SELECT DISTINCT hashtext(tenant_id || '/' || lower(name COLLATE \"C\")) AS h
                FROM v ORDER BY 1) AS names
@@ -950,6 +953,11 @@ async fn write_audit(c: &impl GenericClient, a: &AuditEntry) -> Result<()> {
 /// the other's row. (A hash collision only makes two names queue together.)
 const LOCK_NAME_SQL: &str =
     "SELECT pg_advisory_xact_lock($1::int4, hashtext($2::text || '/' || lower($3::text COLLATE \"C\")))";
+
+/// [`LOCK_NAME_SQL`] for many (tenant, name) pairs, in the locks' order.
+const LOCK_NAMES_SQL: &str = "SELECT count(pg_advisory_xact_lock($1::int4, h))
+     FROM (SELECT DISTINCT hashtext(t || '/' || lower(n COLLATE \"C\")) AS h
+           FROM unnest($2::text[], $3::text[]) AS u (t, n) ORDER BY 1) AS names";
 
 async fn lock_name(c: &impl GenericClient, kind: NameLock, tenant: &str, name: &str) -> Result<()> {
     exec(c, LOCK_NAME_SQL, &[&(kind as i32), &tenant, &name]).await?;
@@ -1518,6 +1526,23 @@ impl Store for PostgresStore {
     async fn import_credentials(&self, items: Vec<ImportItem>, audit: AuditEntry) -> Result<()> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(pg)?;
+        // Every name the import writes, locked before it writes anything, in
+        // the locks' order: a group of creates, which only tries name locks
+        // and may wait for a row this import wrote, then holds none that
+        // this import waits for later ([`INSERT_CREDENTIALS_SQL`]).
+        let (tenants, names): (Vec<&str>, Vec<&str>) = items
+            .iter()
+            .map(|item| match item {
+                ImportItem::Insert(rec, _) => (rec.tenant_id.as_str(), rec.name.as_str()),
+                ImportItem::Update(u) => (u.record.tenant_id.as_str(), u.record.name.as_str()),
+            })
+            .unzip();
+        exec(
+            &tx,
+            LOCK_NAMES_SQL,
+            &[&(NameLock::Credential as i32), &tenants, &names],
+        )
+        .await?;
         for item in &items {
             match item {
                 ImportItem::Insert(rec, secrets) => {

@@ -2637,7 +2637,19 @@ async fn postgres_creates_together_answer_each_as_alone() {
             .await
             .expect("one statement");
         assert!(answers[0].is_ok(), "{:?}", answers[0]);
-        assert!(answers[1].is_err(), "a second create of one id went in");
+        let alone = s
+            .insert_credential(
+                credential("ten_a", "cred_g6", "Eta", "x"),
+                vec![secret("token", b"e")],
+                audit("ten_a", "credential.create"),
+            )
+            .await;
+        assert_eq!(
+            format!("{:?}", answers[1]),
+            format!("{alone:?}"),
+            "a repeated id is answered as a create alone"
+        );
+        assert!(alone.is_err(), "a second create of one id went in");
         let (rec, sealed) = s.get_sealed("ten_a", "cred_g6").await.unwrap().unwrap();
         assert_eq!(rec.name, "Zeta");
         assert_eq!(secrets(&sealed), secrets(&[secret("api_key", b"z")]));
@@ -2696,6 +2708,56 @@ async fn postgres_creates_together_answer_each_as_alone() {
         assert!(answers.iter().all(|a| a.is_ok()), "{answers:?}");
         assert!(s.get_credential("ten_a", "cred_l0").await.unwrap().is_some());
         let audited_a = audited_a + 2;
+
+        // Through the group commit: creates whose names are held (more of
+        // them than there are writers) wait alone, and do not hold up the
+        // creates queued behind them.
+        let holding = holder.transaction().await.unwrap();
+        for n in 0..3 {
+            holding
+                .execute(
+                    "SELECT pg_advisory_xact_lock(2, hashtext('ten_a/' || lower($1::text COLLATE \"C\")))",
+                    &[&format!("held {n}")],
+                )
+                .await
+                .unwrap();
+        }
+        let mut waiting = JoinSet::new();
+        for n in 0..3 {
+            let s = s.clone();
+            waiting.spawn(async move {
+                s.insert_credential(
+                    credential("ten_a", &format!("cred_w{n}"), &format!("Held {n}"), "x"),
+                    vec![],
+                    audit("ten_a", "credential.create"),
+                )
+                .await
+            });
+            // Each in a group of its own.
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        for n in 0..5 {
+            let free = tokio::time::timeout(
+                std::time::Duration::from_secs(5),
+                s.insert_credential(
+                    credential("ten_a", &format!("cred_f{n}"), &format!("Free {n}"), "x"),
+                    vec![],
+                    audit("ten_a", "credential.create"),
+                ),
+            )
+            .await
+            .expect("a create waited behind a held name");
+            free.unwrap();
+        }
+        for n in 0..3 {
+            let id = format!("cred_w{n}");
+            assert_eq!(s.get_credential("ten_a", &id).await.unwrap(), None, "{id}");
+        }
+        holding.commit().await.unwrap();
+        while let Some(joined) = waiting.join_next().await {
+            joined.unwrap().unwrap();
+        }
+        let audited_a = audited_a + 8;
 
         let delta = (
             credential("ten_a", "cred_h0", "Delta", "x"),
