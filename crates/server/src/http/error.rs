@@ -314,35 +314,43 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for QueryParams<T>
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let parsed = match axum::extract::Query::<T>::from_request_parts(parts, state).await {
+            Ok(q) => q.0,
+            Err(QueryRejection::FailedToDeserializeQueryString(e)) => {
+                return Err(ApiError::bad_request(
+                    "invalid_query",
+                    Vec::new(),
+                    &format!("The query string is invalid: {}", redact(&e.body_text())),
+                ))
+            }
+            Err(other) => {
+                return Err(ApiError::bad_request(
+                    "invalid_query",
+                    Vec::new(),
+                    &redact(&other.body_text()),
+                ))
+            }
+        };
         // No stored text holds a NUL (PostgreSQL's text cannot, and refuses
         // a parameter with one): a value with one can only be a mistake.
-        if let Ok(pairs) =
-            axum::extract::Query::<Vec<(String, String)>>::from_request_parts(parts, state).await
-        {
-            let errors: Vec<FieldError> = pairs
-                .0
-                .iter()
-                .filter(|(_, value)| value.contains('\0'))
-                .map(|(name, _)| {
-                    FieldError::new(name, "invalid", "Must not contain a NUL character (%00).")
-                })
-                .collect();
-            if !errors.is_empty() {
-                return Err(ApiError::validation(errors));
+        // Checked once the query is known good, so it names a real
+        // parameter, once.
+        let mut errors: Vec<FieldError> = Vec::new();
+        if let Ok(pairs) = axum::extract::Query::<Vec<(String, String)>>::try_from_uri(&parts.uri) {
+            for (name, value) in pairs.0 {
+                if value.contains('\0') && !errors.iter().any(|e| e.field == name) {
+                    errors.push(FieldError::new(
+                        name,
+                        "invalid",
+                        "Must not contain a NUL character (%00).",
+                    ));
+                }
             }
         }
-        match axum::extract::Query::<T>::from_request_parts(parts, state).await {
-            Ok(q) => Ok(QueryParams(q.0)),
-            Err(QueryRejection::FailedToDeserializeQueryString(e)) => Err(ApiError::bad_request(
-                "invalid_query",
-                Vec::new(),
-                &format!("The query string is invalid: {}", redact(&e.body_text())),
-            )),
-            Err(other) => Err(ApiError::bad_request(
-                "invalid_query",
-                Vec::new(),
-                &redact(&other.body_text()),
-            )),
+        if errors.is_empty() {
+            Ok(QueryParams(parsed))
+        } else {
+            Err(ApiError::validation(errors))
         }
     }
 }

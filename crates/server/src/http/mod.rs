@@ -135,6 +135,10 @@ fn conform(spec: &utoipa::openapi::OpenApi) -> serde_json::Value {
                     .get("requestBody")
                     .and_then(|b| b.pointer("/content/application~1json"))
                     .is_some();
+                let has_query = op
+                    .get("parameters")
+                    .and_then(|p| p.as_array())
+                    .is_some_and(|ps| ps.iter().any(|p| p["in"] == "query"));
                 let Some(responses) = op.get_mut("responses").and_then(|r| r.as_object_mut())
                 else {
                     continue;
@@ -153,6 +157,16 @@ fn conform(spec: &utoipa::openapi::OpenApi) -> serde_json::Value {
                         let body = content.remove("application/json").expect("checked");
                         content.insert("application/problem+json".into(), body);
                     }
+                }
+                // `QueryParams` refuses a value holding a NUL, naming it.
+                if has_query && !responses.contains_key("422") {
+                    responses.insert(
+                        "422".into(),
+                        serde_json::json!({
+                            "description": "A query parameter is invalid; errors names it",
+                            "content": { "application/problem+json": problem.clone() },
+                        }),
+                    );
                 }
                 if has_json_body && !responses.contains_key("415") {
                     responses.insert(
