@@ -573,21 +573,7 @@ enum Grouped {
 /// own ([`create_alone`]), so a create that waits for a lock never holds up
 /// the writer.
 async fn create_writer(pool: Pool, queue: Arc<Mutex<mpsc::Receiver<CreateJob>>>) {
-    loop {
-        let mut batch = Vec::new();
-        {
-            let mut rx = queue.lock().await;
-            match rx.recv().await {
-                Some(job) => batch.push(job),
-                None => return,
-            }
-            while batch.len() < CREATE_BATCH {
-                match rx.try_recv() {
-                    Ok(job) => batch.push(job),
-                    Err(_) => break,
-                }
-            }
-        }
+    while let Some(batch) = next_batch(&queue, CREATE_BATCH).await {
         // A group of one too: the writer is busy for its round trip, and
         // the creates that arrive meanwhile make the next group.
         let items: Vec<_> = batch
@@ -1503,14 +1489,9 @@ impl Store for PostgresStore {
         audit: AuditEntry,
     ) -> Result<()> {
         // One statement and transaction for every create queued meanwhile.
-        let queue = self.creates.get_or_init(|| {
-            let (tx, rx) = mpsc::channel(1024);
-            let rx = Arc::new(Mutex::new(rx));
-            for _ in 0..CREATE_WRITERS {
-                tokio::spawn(create_writer(self.pool.clone(), rx.clone()));
-            }
-            tx
-        });
+        let queue = self
+            .creates
+            .get_or_init(|| start_writers(&self.pool, 1024, CREATE_WRITERS, create_writer));
         let (done, wait) = oneshot::channel();
         if let Err(mpsc::error::SendError((rec, secrets, audit, _))) =
             queue.send((rec, secrets, audit, done)).await
@@ -1891,14 +1872,9 @@ impl Store for PostgresStore {
     }
 
     async fn store_event(&self, e: NewEvent) -> Result<EventStored> {
-        let queue = self.events.get_or_init(|| {
-            let (tx, rx) = mpsc::channel(8192);
-            let rx = Arc::new(Mutex::new(rx));
-            for _ in 0..EVENT_WRITERS {
-                tokio::spawn(event_writer(self.pool.clone(), rx.clone()));
-            }
-            tx
-        });
+        let queue = self
+            .events
+            .get_or_init(|| start_writers(&self.pool, 8192, EVENT_WRITERS, event_writer));
         let (done, wait) = oneshot::channel();
         queue
             .send((e, done))
@@ -2475,27 +2451,48 @@ impl Store for PostgresStore {
     }
 }
 
+/// A group-commit queue of `capacity` jobs, drained by `writers` tasks
+/// running `writer`, each on the pool.
+fn start_writers<T, W, F>(
+    pool: &Pool,
+    capacity: usize,
+    writers: usize,
+    writer: W,
+) -> mpsc::Sender<T>
+where
+    T: Send + 'static,
+    W: Fn(Pool, Arc<Mutex<mpsc::Receiver<T>>>) -> F,
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
+    let (tx, rx) = mpsc::channel(capacity);
+    let rx = Arc::new(Mutex::new(rx));
+    for _ in 0..writers {
+        tokio::spawn(writer(pool.clone(), rx.clone()));
+    }
+    tx
+}
+
+/// The next job queued and every one queued behind it, up to `max`, taken
+/// by one writer while the other commits; `None` once the queue is closed.
+async fn next_batch<T>(queue: &Mutex<mpsc::Receiver<T>>, max: usize) -> Option<Vec<T>> {
+    let mut rx = queue.lock().await;
+    let mut batch = vec![rx.recv().await?];
+    while batch.len() < max {
+        match rx.try_recv() {
+            Ok(job) => batch.push(job),
+            Err(_) => break,
+        }
+    }
+    Some(batch)
+}
+
 /// Group commit of ingress: takes every event queued (up to
 /// [`EVENT_BATCH`]) and stores them with one statement ([`insert_events`]), one
 /// transaction and so one WAL flush; each caller hears whether its event was
 /// new only after that commit. If the batch fails (one bad row fails the
 /// statement), each event is retried alone so only the bad one fails.
 async fn event_writer(pool: Pool, queue: Arc<Mutex<mpsc::Receiver<EventJob>>>) {
-    loop {
-        let mut batch = Vec::new();
-        {
-            let mut rx = queue.lock().await;
-            match rx.recv().await {
-                Some(job) => batch.push(job),
-                None => return,
-            }
-            while batch.len() < EVENT_BATCH {
-                match rx.try_recv() {
-                    Ok(job) => batch.push(job),
-                    Err(_) => break,
-                }
-            }
-        }
+    while let Some(mut batch) = next_batch(&queue, EVENT_BATCH).await {
         let events: Vec<&NewEvent> = batch.iter().map(|(e, _)| e).collect();
         match insert_events(&pool, &events).await {
             Ok(mut outcomes) => {
