@@ -156,13 +156,18 @@ pub fn eval_expr(expr: &str, req: &Inbound, json: &Value) -> Option<String> {
     }
 }
 
-/// `JsonPath::parse`, but an expression that ends right after a `\u`
-/// escape is refused first: serde_json_path 0.7.2 panics on it ("we do not
-/// use streaming parsers"), as the `parse_webhook` fuzz target found. Such
-/// an expression is no valid path anyway: its string literal is not closed.
+/// `JsonPath::parse`, but an expression that ends inside a `\u` escape
+/// (`\u` and fewer than four hex digits, then the end) is refused first:
+/// serde_json_path 0.7.2 panics on it ("we do not use streaming parsers"),
+/// as the `parse_webhook` fuzz target found, twice (`…\u`, then `…\uD`).
+/// Such an expression is no valid path anyway: its string literal is not
+/// closed.
 pub(crate) fn parse_json_path(expr: &str) -> Option<serde_json_path::JsonPath> {
-    if expr.ends_with("\\u") {
-        return None;
+    if let Some(at) = expr.rfind("\\u") {
+        let tail = &expr[at + 2..];
+        if tail.len() < 4 && tail.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return None;
+        }
     }
     serde_json_path::JsonPath::parse(expr).ok()
 }
@@ -537,6 +542,9 @@ mod tests {
             r#"$['\u"#,
             r#"$.a["x\uD800\u"#,
             r#"$.a["\nD800\u"#,
+            r#"$.a["\uD"#,
+            r#"$['\u00e"#,
+            r#"$.a["x\uD800\uDC"#,
         ] {
             assert!(parse_json_path(expr).is_none(), "{expr}");
         }
