@@ -139,7 +139,11 @@ impl SqliteStore {
     /// Closes every connection once the queued writes are done. The last
     /// connection to close checkpoints the WAL into the database file and
     /// removes it, so the file then stands alone (a backup is one file).
-    /// Blocks; call it where blocking is fine.
+    /// The readers close first and the writer last, one after the other:
+    /// two connections closing at once each see the other still open, and
+    /// neither removes the WAL (a CI run of the backup test found its
+    /// `-wal` and `-shm` left behind). Blocks; call it where blocking is
+    /// fine.
     pub fn close(self) -> Result<()> {
         let SqliteStore {
             writer,
@@ -147,7 +151,7 @@ impl SqliteStore {
             read_permits,
             writer_thread,
         } = self;
-        drop((writer, read_permits));
+        drop(read_permits);
         let readers = Arc::try_unwrap(readers)
             .map_err(|_| backend("a read is still running"))?
             .into_inner()
@@ -155,6 +159,7 @@ impl SqliteStore {
         for conn in readers {
             conn.close().map_err(|(_, e)| backend(e))?;
         }
+        drop(writer);
         writer_thread
             .join()
             .map_err(|_| backend("the writer thread panicked"))
@@ -1960,6 +1965,29 @@ fn get_credential(c: &Connection, tenant: &str, id: &str) -> Result<Option<Crede
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A closed store is one file: its WAL is checkpointed and removed,
+    /// whichever connection was used last, every time.
+    #[tokio::test]
+    async fn a_closed_store_leaves_only_its_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("one.db");
+        for round in 0..20u8 {
+            let store = SqliteStore::open(&path).unwrap();
+            let key = format!("k{round}");
+            assert!(store.meta_put_if_absent(&key, vec![round]).await.unwrap());
+            assert_eq!(store.meta_get(&key).await.unwrap(), Some(vec![round]));
+            tokio::task::spawn_blocking(move || store.close())
+                .await
+                .unwrap()
+                .unwrap();
+            let files: Vec<_> = std::fs::read_dir(dir.path())
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            assert_eq!(files, ["one.db"], "round {round}");
+        }
+    }
 
     /// The query plan's steps, outer loop first.
     fn plan(c: &Connection, sql: &str) -> Vec<String> {
