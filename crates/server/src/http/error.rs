@@ -334,9 +334,13 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for QueryParams<T>
         // No stored text holds a NUL (PostgreSQL's text cannot, and refuses
         // a parameter with one): a value with one can only be a mistake.
         // Checked once the query is known good, so it names a real
-        // parameter, once.
+        // parameter, once. A NUL can only arrive percent-encoded, so a
+        // query without `%00` is not parsed again.
         let mut errors: Vec<FieldError> = Vec::new();
-        if let Ok(pairs) = axum::extract::Query::<Vec<(String, String)>>::try_from_uri(&parts.uri) {
+        let maybe_nul = parts.uri.query().is_some_and(|q| q.contains("%00"));
+        if let Some(Ok(pairs)) = maybe_nul
+            .then(|| axum::extract::Query::<Vec<(String, String)>>::try_from_uri(&parts.uri))
+        {
             for (name, value) in pairs.0 {
                 if value.contains('\0') && !errors.iter().any(|e| e.field == name) {
                     errors.push(FieldError::new(
@@ -363,9 +367,10 @@ impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for PathPar
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
         // No record's id holds a NUL (and PostgreSQL refuses a parameter
-        // with one): such a path names nothing.
-        if let Ok(raw) = axum::extract::RawPathParams::from_request_parts(parts, state).await {
-            if raw.iter().any(|(_, value)| value.contains('\0')) {
+        // with one): such a path names nothing. It can only arrive as `%00`.
+        if parts.uri.path().contains("%00") {
+            let raw = axum::extract::RawPathParams::from_request_parts(parts, state).await;
+            if raw.is_ok_and(|raw| raw.iter().any(|(_, value)| value.contains('\0'))) {
                 return Err(ApiError::new(
                     StatusCode::NOT_FOUND,
                     "not_found",
