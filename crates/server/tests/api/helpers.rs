@@ -16,22 +16,78 @@ pub fn postgres_url() -> Option<String> {
     })
 }
 
+/// The PostgreSQL schema of the data dir `dir` (one per data dir, so a test
+/// that restarts over its dir finds its data again).
+fn schema_of(dir: &std::path::Path) -> String {
+    let name = dir.file_name().unwrap().to_string_lossy().to_lowercase();
+    let safe: String = name
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    format!("t_{safe}")
+}
+
+/// A test server's data dir. On PostgreSQL it owns the schema named after
+/// it too, and drops it with the dir, so a run leaves no schema behind.
+pub struct DataDir {
+    dir: tempfile::TempDir,
+    owns_schema: bool,
+}
+
+impl DataDir {
+    pub fn new() -> DataDir {
+        DataDir {
+            dir: tempfile::tempdir().unwrap(),
+            owns_schema: postgres_url().is_some(),
+        }
+    }
+
+    pub fn path(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for DataDir {
+    fn drop(&mut self) {
+        let Some(url) = postgres_url().filter(|_| self.owns_schema) else {
+            return;
+        };
+        let schema = schema_of(self.dir.path());
+        // Drop runs inside the test's runtime, which cannot be blocked on:
+        // the statement runs on a thread and runtime of its own. A server
+        // still running over the schema holds no lock between requests; the
+        // lock timeout bounds the wait if it does, leaving the schema.
+        let dropped = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(async move {
+                let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+                    .await
+                    .map_err(std::io::Error::other)?;
+                tokio::spawn(connection);
+                client
+                    .batch_execute(&format!(
+                        "SET lock_timeout = '5s'; DROP SCHEMA IF EXISTS {schema} CASCADE"
+                    ))
+                    .await
+                    .map_err(std::io::Error::other)
+            })
+        })
+        .join();
+        if let Ok(Err(e)) = dropped {
+            eprintln!("note: the test schema was left behind: {e}");
+        }
+    }
+}
+
 /// The configuration every test server runs with, over `dir`: the backend
-/// the suite runs on (one PostgreSQL schema per data dir, so a test that
-/// restarts over its dir finds its data again), loopback fake providers
-/// allowed, and short outbound timeouts.
+/// the suite runs on (its own PostgreSQL schema, see [`DataDir`]), loopback
+/// fake providers allowed, and short outbound timeouts.
 pub fn test_config(dir: &std::path::Path) -> server::Config {
-    let schema = postgres_url().map(|_| {
-        let name = dir.file_name().unwrap().to_string_lossy().to_lowercase();
-        let safe: String = name
-            .chars()
-            .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
-            .collect();
-        format!("t_{safe}")
-    });
     server::Config {
         database_url: postgres_url(),
-        database_schema: schema,
+        database_schema: postgres_url().map(|_| schema_of(dir)),
         public_url: Some(PUBLIC_URL.into()),
         allow_outbound: vec!["127.0.0.1".into()],
         outbound_timeout: std::time::Duration::from_millis(1500),
@@ -53,21 +109,21 @@ pub struct TestApp {
     pub base: String,
     pub token: String,
     pub client: reqwest::Client,
-    pub dir: tempfile::TempDir,
+    pub dir: DataDir,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     serving: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
 }
 
 pub async fn spawn_app() -> TestApp {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = DataDir::new();
     spawn_app_in(dir, None).await.map_err(|(e, _)| e).unwrap()
 }
 
 /// Starts over an existing data dir; on failure the dir is handed back with the error.
 pub async fn spawn_app_in(
-    dir: tempfile::TempDir,
+    dir: DataDir,
     key: Option<&str>,
-) -> Result<TestApp, (anyhow::Error, tempfile::TempDir)> {
+) -> Result<TestApp, (anyhow::Error, DataDir)> {
     let config = server::Config {
         master_key: key.map(|k| SecretString::from(k.to_string())),
         ..test_config(dir.path())
@@ -77,16 +133,16 @@ pub async fn spawn_app_in(
 
 /// Starts a server whose configuration `change` adjusts from the test default.
 pub async fn spawn_app_configured(change: impl FnOnce(&mut server::Config)) -> TestApp {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = DataDir::new();
     let mut config = test_config(dir.path());
     change(&mut config);
     spawn_with(dir, config).await.map_err(|(e, _)| e).unwrap()
 }
 
 async fn spawn_with(
-    dir: tempfile::TempDir,
+    dir: DataDir,
     config: server::Config,
-) -> Result<TestApp, (anyhow::Error, tempfile::TempDir)> {
+) -> Result<TestApp, (anyhow::Error, DataDir)> {
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let (report, serving) = match server::start(config, async move {
         let _ = stopped.await;
@@ -116,7 +172,11 @@ async fn spawn_with(
 /// which works on it because tokens live in the database.
 pub async fn spawn_replica(of: &TestApp) -> TestApp {
     let key = std::fs::read_to_string(of.dir.path().join("master.key")).unwrap();
-    let dir = tempfile::tempdir().unwrap();
+    // The schema is `of`'s, and `of`'s dir drops it.
+    let dir = DataDir {
+        dir: tempfile::tempdir().unwrap(),
+        owns_schema: false,
+    };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let config = server::Config {
         master_key: Some(SecretString::from(key.trim().to_string())),
@@ -193,7 +253,7 @@ impl TestApp {
     }
 
     /// Stops the server and waits until it has drained.
-    pub async fn stop(mut self) -> tempfile::TempDir {
+    pub async fn stop(mut self) -> DataDir {
         if let Some(s) = self.stop.take() {
             let _ = s.send(());
         }
