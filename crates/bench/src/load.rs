@@ -12,18 +12,21 @@
 //!   the server does.
 //! - **Open loop** (`Plan::rate` is `Some(r)`): request `n` is due at
 //!   `start + n / r`, whether or not earlier ones were answered, as a
-//!   server's users would send them. The connections take the due requests
-//!   in order. A request whose due time passed while every connection was
-//!   busy is timed from its due time, so the time it waited for a
-//!   connection counts (no "coordinated omission": a stall is not hidden by
-//!   the load generator pausing with it). A request a connection sleeps
-//!   for is timed from when it is sent, but at most 1 ms after it was due:
-//!   tokio's timer ticks in milliseconds, and that much wake-up lag is the
-//!   timer's, not the server's; a longer one (the load generator starved of
-//!   CPU) counts. Every request due inside the measured window is counted,
-//!   however late it finishes, and the rate is taken over the window or
-//!   until the last of them was answered, whichever is longer: a server
-//!   that falls behind shows a rate below the offered one.
+//!   server's users would send them. A pacer thread releases each request
+//!   at its due time, sleeping in between with the operating system's
+//!   timer (tens of microseconds late at most on an idle core), and a free
+//!   connection takes it at once. (tokio's timer ticks in milliseconds:
+//!   connections sleeping on it woke in bursts of every request due in
+//!   the last millisecond, a dozen at 12,000/s, which then queued behind
+//!   each other in the server, a burstiness the users' traffic does not
+//!   have.) Every request is timed from its due time, so the time it
+//!   waited for a free connection counts, and so does any lag of the load
+//!   generator (no "coordinated omission": a stall is not hidden by the
+//!   load generator pausing with it). Every request due inside the
+//!   measured window is counted, however late it finishes, and the rate is
+//!   taken over the window or until the last of them was answered,
+//!   whichever is longer: a server that falls behind shows a rate below
+//!   the offered one.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -37,6 +40,7 @@ use hyper::client::conn::http1;
 use hyper::{Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
+use tokio::sync::Semaphore;
 
 pub type Body = Full<Bytes>;
 
@@ -163,9 +167,38 @@ impl Latencies {
     }
 }
 
-/// The wake-up lag of a sleeping open-loop connection that is not counted:
-/// one tick of tokio's timer.
-const TIMER_TICK: Duration = Duration::from_millis(1);
+/// When request `n` of an open loop at `rate` from `start` is due.
+fn due_at(start: Instant, rate: f64, n: u64) -> Instant {
+    start + Duration::from_secs_f64(n as f64 / rate)
+}
+
+/// The open loop's pacer: adds a permit to `permits` for each request as
+/// it falls due, until the window ends or a request fails. Then it adds
+/// one more per connection, so none is left waiting: a connection that
+/// takes one finds its request due after the end (or the run failed) and
+/// stops.
+fn pace(
+    permits: &Semaphore,
+    (start, end, rate): (Instant, Instant, f64),
+    connections: usize,
+    failed: &AtomicBool,
+) {
+    let mut released = 0u64;
+    loop {
+        let now = Instant::now();
+        let before = released;
+        while due_at(start, rate, released) <= now && due_at(start, rate, released) < end {
+            released += 1;
+        }
+        permits.add_permits((released - before) as usize);
+        let next = due_at(start, rate, released);
+        if next >= end || failed.load(Ordering::Relaxed) {
+            break;
+        }
+        std::thread::sleep(next.saturating_duration_since(Instant::now()));
+    }
+    permits.add_permits(connections);
+}
 
 /// Runs `plan.clients` clients against `addr`, closed or open loop as
 /// `plan.rate` says. `make(n)` builds
@@ -200,20 +233,35 @@ where
     let start = Instant::now();
     let counted_from = start + plan.warmup;
     let end = counted_from + plan.measure;
+    let permits = Arc::new(Semaphore::new(0));
+    let pacer = match plan.rate {
+        None => None,
+        Some(rate) => {
+            let (permits, failed) = (permits.clone(), failed.clone());
+            Some(
+                std::thread::Builder::new()
+                    .name("open-loop-pacer".into())
+                    .spawn(move || pace(&permits, (start, end, rate), plan.clients, &failed))
+                    .context("cannot start the open loop's pacer")?,
+            )
+        }
+    };
     let mut tasks = Vec::with_capacity(plan.clients);
     for mut conn in conns {
-        let (make, check, next, failure, failed) = (
+        let (make, check, next, failure, failed, permits) = (
             make.clone(),
             check.clone(),
             next.clone(),
             failure.clone(),
             failed.clone(),
+            permits.clone(),
         );
         tasks.push(tokio::spawn(async move {
             let mut lat: Vec<Vec<u32>> = vec![Vec::new(); kinds];
             let mut last_done = start;
             loop {
-                // `due`: when the request counts from, for the window.
+                // `due`: when the request counts from, for the window, and
+                // (open loop) when its time starts.
                 let (n, due, sent) = match plan.rate {
                     None => {
                         let sent = Instant::now();
@@ -223,20 +271,16 @@ where
                         (next.fetch_add(1, Ordering::Relaxed), sent, sent)
                     }
                     Some(rate) => {
+                        match permits.acquire().await {
+                            Ok(permit) => permit.forget(),
+                            Err(_) => break,
+                        }
                         let n = next.fetch_add(1, Ordering::Relaxed);
-                        let due = start + Duration::from_secs_f64(n as f64 / rate);
+                        let due = due_at(start, rate, n);
                         if due >= end || failed.load(Ordering::Relaxed) {
                             break;
                         }
-                        if due > Instant::now() {
-                            tokio::time::sleep_until(due.into()).await;
-                            if failed.load(Ordering::Relaxed) {
-                                break;
-                            }
-                            (n, due, Instant::now().min(due + TIMER_TICK))
-                        } else {
-                            (n, due, due)
-                        }
+                        (n, due, due)
                     }
                 };
                 let (kind, req) = make(n);
@@ -276,6 +320,11 @@ where
             all.extend(mine);
         }
         last_done = last_done.max(done);
+    }
+    if let Some(pacer) = pacer {
+        pacer
+            .join()
+            .map_err(|_| anyhow::anyhow!("the open loop's pacer panicked"))?;
     }
     if let Some(f) = failure.lock().expect("failure lock").take() {
         bail!("{f}");
@@ -424,6 +473,47 @@ mod tests {
             .expect_err("refused");
             assert!(e.to_string().contains("positive rate"), "{e}");
         }
+    }
+
+    #[tokio::test]
+    async fn the_pacer_releases_each_request_at_its_due_time_not_in_bursts() {
+        // 8,000/s: tokio's millisecond timer would release these in bursts
+        // of 8, each up to 1 ms late, half of them more than 0.5 ms.
+        let (rate, window) = (8000.0, Duration::from_millis(250));
+        let permits = Arc::new(Semaphore::new(0));
+        let start = Instant::now() + Duration::from_millis(20);
+        let end = start + window;
+        let pacer = {
+            let permits = permits.clone();
+            std::thread::spawn(move || {
+                pace(&permits, (start, end, rate), 4, &AtomicBool::new(false))
+            })
+        };
+        let mut late = Vec::new();
+        loop {
+            permits.acquire().await.expect("open").forget();
+            let now = Instant::now();
+            let n = late.len() as u64;
+            let due = due_at(start, rate, n);
+            if due >= end {
+                break;
+            }
+            assert!(now >= due, "request {n} released {:?} early", due - now);
+            late.push(now - due);
+        }
+        pacer.join().expect("the pacer ran");
+        assert_eq!(late.len(), 2000, "every request due in the window, once");
+        assert_eq!(
+            permits.available_permits(),
+            3,
+            "and one more per connection"
+        );
+        late.sort();
+        let median = late[late.len() / 2];
+        assert!(
+            median < Duration::from_micros(300),
+            "released {median:?} after its due time (median)"
+        );
     }
 
     #[test]
