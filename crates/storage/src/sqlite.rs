@@ -297,6 +297,16 @@ fn writer_jobs(conn: &Connection, rx: &mut mpsc::Receiver<Job>) {
 /// job, so the failed job's changes are undone alone.
 fn commit_batch(conn: &Connection, batch: &mut [Job]) -> Result<()> {
     let begin = || {
+        // A transaction still open here is an earlier batch's whose
+        // ROLLBACK failed: its callers were answered with the error, so its
+        // changes go. Left open, it would fail every BEGIN after it, and so
+        // every write until a restart.
+        if !conn.is_autocommit() {
+            conn.execute_batch("ROLLBACK").map_err(|e| {
+                tracing::error!(error = %e, "could not end an earlier failed write transaction");
+                backend(e)
+            })?;
+        }
         conn.execute_batch("BEGIN IMMEDIATE").map_err(|e| {
             tracing::error!(error = %e, "could not begin a write transaction");
             backend(e)
@@ -1965,6 +1975,48 @@ fn get_credential(c: &Connection, tenant: &str, id: &str) -> Result<Option<Crede
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A write transaction an earlier batch left open (its ROLLBACK failed)
+    /// is rolled back before the next batch begins, instead of failing that
+    /// BEGIN and every one after it.
+    #[test]
+    fn a_batch_after_a_transaction_left_open_rolls_it_back_and_commits() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut conn = open(&dir.path().join("w.db"), false).unwrap();
+        migrate(&mut conn).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE t (v TEXT); BEGIN IMMEDIATE; INSERT INTO t VALUES ('failed batch');",
+        )
+        .unwrap();
+        assert!(
+            !conn.is_autocommit(),
+            "the earlier batch's transaction is open"
+        );
+        let (done, answer) = oneshot::channel();
+        let mut batch: Vec<Job> = vec![Box::new(Pending {
+            work: |c: &Connection| {
+                c.execute("INSERT INTO t VALUES ('next batch')", [])
+                    .map(|_| ())
+                    .map_err(backend)
+            },
+            result: None,
+            done,
+        })];
+        commit_batch(&conn, &mut batch).expect("the next batch commits");
+        for job in batch {
+            job.finish(Ok(()));
+        }
+        answer.blocking_recv().unwrap().expect("its job succeeded");
+        assert!(conn.is_autocommit());
+        let rows: Vec<String> = conn
+            .prepare("SELECT v FROM t")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        assert_eq!(rows, ["next batch"], "the failed batch's row is gone");
+    }
 
     /// A closed store is one file: its WAL is checkpointed and removed,
     /// whichever connection was used last, every time.
