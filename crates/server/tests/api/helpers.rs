@@ -62,7 +62,11 @@ impl Drop for DataDir {
                 .enable_all()
                 .build()?;
             runtime.block_on(async move {
-                let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+                let mut config: tokio_postgres::Config =
+                    url.parse().map_err(std::io::Error::other)?;
+                config.connect_timeout(std::time::Duration::from_secs(5));
+                let (client, connection) = config
+                    .connect(tokio_postgres::NoTls)
                     .await
                     .map_err(std::io::Error::other)?;
                 tokio::spawn(connection);
