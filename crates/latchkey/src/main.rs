@@ -4,18 +4,18 @@
 
 mod cli;
 
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+use secrecy::SecretString;
+
 /// jemalloc, not glibc's malloc: in the benchmark's profile glibc's malloc
 /// and free (with `malloc_consolidate`) took about a fifth of the request
 /// threads' time, and with jemalloc a get took about 15% less CPU and an
 /// ingested event about 7% less. It costs about 3 MB more idle RSS.
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
-
-use std::net::SocketAddr;
-use std::path::PathBuf;
-
-use clap::{Parser, Subcommand};
-use secrecy::SecretString;
 
 #[derive(Parser)]
 #[command(
