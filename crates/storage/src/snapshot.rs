@@ -172,7 +172,8 @@ pub const TABLES: &[Table] = &[
             ("payload", Json),
             ("received_at", Time),
         ],
-        order_by: "seq",
+        // Ids sort by time; PostgreSQL's events have no row number.
+        order_by: "id",
     },
     Table {
         name: "user_mappings",

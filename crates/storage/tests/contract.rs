@@ -1577,6 +1577,67 @@ async fn an_event_is_stored_only_at_the_credential_version_it_was_checked_agains
     .await;
 }
 
+/// PostgreSQL's migration 6 drops the events' row number and makes
+/// (tenant, id) their primary key: events stored before it are all still
+/// there after it, in order, each only in its tenant, and a delivery stored
+/// before it is still a duplicate after it.
+#[tokio::test]
+async fn events_stored_before_postgres_migration_6_survive_it() {
+    let Some(schema) = postgres_or_skip().await else {
+        return;
+    };
+    let store = PostgresStore::open_unmigrated(&postgres_url(), Some(&schema.name)).unwrap();
+    let outcome = tokio::spawn(async move {
+        assert_eq!(store.migrate_to(5).await.unwrap(), vec![1, 2, 3, 4, 5]);
+        let store = Arc::new(store);
+        let s: Arc<dyn Store> = store.clone();
+        two_tenants(&s).await;
+        let before = [
+            event("ten_a", "evt_01", "cred_1", "webhook", Some("d1")),
+            event("ten_a", "evt_02", "cred_1", "webhook", None),
+            event("ten_b", "evt_03", "cred_2", "webhook", Some("d1")),
+        ];
+        for e in &before {
+            assert!(s.insert_event(e.clone()).await.unwrap(), "{}", e.id);
+        }
+
+        assert_eq!(store.migrate().await.unwrap(), vec![6]);
+        let listed = |tenant: &'static str| {
+            let s = s.clone();
+            async move {
+                let page = s
+                    .list_events(tenant, &EventFilter::default(), first(10))
+                    .await
+                    .unwrap();
+                page.items.into_iter().map(|e| e.id).collect::<Vec<_>>()
+            }
+        };
+        assert_eq!(listed("ten_a").await, ["evt_02", "evt_01"]);
+        assert_eq!(listed("ten_b").await, ["evt_03"]);
+        assert_eq!(
+            s.get_event("ten_a", "evt_01").await.unwrap(),
+            Some(before[0].clone())
+        );
+        assert_eq!(s.get_event("ten_b", "evt_01").await.unwrap(), None);
+        // Delivery d1 of cred_1 again: a duplicate, stored before the
+        // migration; a new delivery is stored next to the old ones.
+        assert!(!s
+            .insert_event(event("ten_a", "evt_04", "cred_1", "webhook", Some("d1")))
+            .await
+            .unwrap());
+        assert!(s
+            .insert_event(event("ten_a", "evt_05", "cred_1", "webhook", Some("d2")))
+            .await
+            .unwrap());
+        assert_eq!(listed("ten_a").await, ["evt_05", "evt_02", "evt_01"]);
+    })
+    .await;
+    schema.drop_schema().await;
+    if let Err(e) = outcome {
+        std::panic::resume_unwind(e.into_panic());
+    }
+}
+
 #[tokio::test]
 async fn events_are_stored_once_per_delivery() {
     each_backend(|s| async move {
@@ -1988,7 +2049,14 @@ async fn postgres_replicas_migrate_once() {
         let idle = PostgresStore::open_unmigrated(&url, Some(&name)).unwrap();
         assert_eq!(
             idle.migration_status().await.unwrap(),
-            [(1, false), (2, false), (3, false), (4, false), (5, false)]
+            [
+                (1, false),
+                (2, false),
+                (3, false),
+                (4, false),
+                (5, false),
+                (6, false)
+            ]
         );
         let mut replicas = JoinSet::new();
         for _ in 0..3 {
@@ -2004,7 +2072,14 @@ async fn postgres_replicas_migrate_once() {
         }
         assert_eq!(
             idle.migration_status().await.unwrap(),
-            [(1, true), (2, true), (3, true), (4, true), (5, true)]
+            [
+                (1, true),
+                (2, true),
+                (3, true),
+                (4, true),
+                (5, true),
+                (6, true)
+            ]
         );
         assert!(idle.migrate().await.unwrap().is_empty());
         let e = PostgresStore::connect_in_schema(&url, "Bad-Name")
