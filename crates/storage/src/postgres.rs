@@ -2488,7 +2488,8 @@ where
 }
 
 /// The next job queued and every one queued behind it, up to `max`, taken
-/// by one writer while the other commits; `None` once the queue is closed.
+/// by a writer while its last batch (or another writer's) commits; `None`
+/// once the queue is closed.
 async fn next_batch<T>(queue: &Mutex<mpsc::Receiver<T>>, max: usize) -> Option<Vec<T>> {
     let mut rx = queue.lock().await;
     let mut batch = vec![rx.recv().await?];
@@ -2505,7 +2506,8 @@ async fn next_batch<T>(queue: &Mutex<mpsc::Receiver<T>>, max: usize) -> Option<V
 /// [`EVENT_BATCH`]) and stores them with one statement ([`insert_events`]), one
 /// transaction and so one WAL flush; each caller hears whether its event was
 /// new only after that commit. If the batch fails (one bad row fails the
-/// statement), each event is retried alone so only the bad one fails.
+/// statement), each event is retried alone ([`event_alone`]) so only the
+/// bad one fails.
 async fn event_writer(pool: Pool, queue: Arc<Mutex<mpsc::Receiver<EventJob>>>) {
     while let Some(mut batch) = next_batch(&queue, EVENT_BATCH).await {
         let events: Vec<&NewEvent> = batch.iter().map(|(e, _)| e).collect();
@@ -2523,15 +2525,23 @@ async fn event_writer(pool: Pool, queue: Arc<Mutex<mpsc::Receiver<EventJob>>>) {
                 let _ = done.send(Err(e));
             }
             Err(_) => {
-                for (e, done) in batch {
-                    let alone = insert_events(&pool, &[&e]).await;
-                    let _ = done.send(
-                        alone.map(|mut o| o.remove(&e.event.id).unwrap_or(EventStored::Duplicate)),
-                    );
+                // Each on a task of its own: the writer goes on with the
+                // next batch meanwhile, however long the retries take.
+                for job in batch {
+                    tokio::spawn(event_alone(pool.clone(), job));
                 }
             }
         }
     }
+}
+
+/// One event of a failed batch, alone ([`insert_events`]), answered to its
+/// caller.
+async fn event_alone(pool: Pool, (event, done): EventJob) {
+    let outcome = insert_events(&pool, &[&event])
+        .await
+        .map(|mut o| o.remove(&event.event.id).unwrap_or(EventStored::Duplicate));
+    let _ = done.send(outcome);
 }
 
 /// Inserts `events` in one statement (its own transaction, durable once it
