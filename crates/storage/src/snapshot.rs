@@ -6,7 +6,8 @@
 //! Both backends have the same tables and columns (each backend's migrations
 //! say so); this module lists them once, with each column's kind, and each
 //! backend converts between its own column types and [`Value`]. The row
-//! numbers (`seq`) are not copied: rows are written in `seq` order, so the
+//! numbers (`seq`, which PostgreSQL's events do not have) are not copied:
+//! rows are written in `seq` order (events in id order, per tenant), so the
 //! target numbers them in the same order.
 
 use std::collections::BTreeMap;
@@ -172,8 +173,9 @@ pub const TABLES: &[Table] = &[
             ("payload", Json),
             ("received_at", Time),
         ],
-        // Ids sort by time; PostgreSQL's events have no row number.
-        order_by: "id",
+        // Ids sort by time. PostgreSQL's events have no row number; their
+        // primary key, like SQLite's events_tenant index, serves this order.
+        order_by: "tenant_id, id",
     },
     Table {
         name: "user_mappings",

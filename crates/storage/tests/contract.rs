@@ -1586,7 +1586,8 @@ async fn events_stored_before_postgres_migration_6_survive_it() {
     let Some(schema) = postgres_or_skip().await else {
         return;
     };
-    let store = PostgresStore::open_unmigrated(&postgres_url(), Some(&schema.name)).unwrap();
+    let name = schema.name.clone();
+    let store = PostgresStore::open_unmigrated(&postgres_url(), Some(&name)).unwrap();
     let outcome = tokio::spawn(async move {
         assert_eq!(store.migrate_to(5).await.unwrap(), vec![1, 2, 3, 4, 5]);
         let store = Arc::new(store);
@@ -1601,7 +1602,39 @@ async fn events_stored_before_postgres_migration_6_survive_it() {
             assert!(s.insert_event(e.clone()).await.unwrap(), "{}", e.id);
         }
 
-        assert_eq!(store.migrate().await.unwrap(), vec![6]);
+        assert_eq!(store.migrate_to(6).await.unwrap(), vec![6]);
+        // The table as the migration leaves it: no row number, three indexes.
+        let catalog = Schema::new().await.unwrap().admin;
+        let seq = catalog
+            .query(
+                "SELECT 1 FROM information_schema.columns
+                 WHERE table_schema = $1 AND table_name = 'events' AND column_name = 'seq'",
+                &[&name],
+            )
+            .await
+            .unwrap();
+        assert!(seq.is_empty(), "events.seq is gone");
+        let indexes: Vec<(String, String)> = catalog
+            .query(
+                "SELECT indexname::text, indexdef FROM pg_indexes
+                 WHERE schemaname = $1 AND tablename = 'events' ORDER BY 1",
+                &[&name],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+        let names: Vec<&str> = indexes.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(
+            names,
+            ["events_credential", "events_delivery", "events_pkey"]
+        );
+        assert!(
+            indexes[2].1.ends_with("(tenant_id, id)"),
+            "{}",
+            indexes[2].1
+        );
         let listed = |tenant: &'static str| {
             let s = s.clone();
             async move {
