@@ -57,6 +57,16 @@ impl Schema {
         })
     }
 
+    /// Runs `scenario` on a task of its own, so that the schema is dropped
+    /// even when it panics; then drops it and passes any panic on.
+    async fn run(self, scenario: impl Future<Output = ()> + Send + 'static) {
+        let outcome = tokio::spawn(scenario).await;
+        self.drop_schema().await;
+        if let Err(e) = outcome {
+            std::panic::resume_unwind(e.into_panic());
+        }
+    }
+
     async fn drop_schema(self) {
         self.admin
             .batch_execute(&format!("DROP SCHEMA IF EXISTS {} CASCADE", self.name))
@@ -112,12 +122,7 @@ where
     let store = PostgresStore::connect_in_schema(&postgres_url(), &schema.name)
         .await
         .expect("connect to PostgreSQL and migrate");
-    // On a task of its own, so that the schema is dropped even when it panics.
-    let outcome = tokio::spawn(scenario(Arc::new(store))).await;
-    schema.drop_schema().await;
-    if let Err(e) = outcome {
-        std::panic::resume_unwind(e.into_panic());
-    }
+    schema.run(scenario(Arc::new(store))).await;
 }
 
 /// More rows than a search scans first, newest first (2,000 in both
@@ -1588,87 +1593,84 @@ async fn events_stored_before_postgres_migration_6_survive_it() {
     };
     let name = schema.name.clone();
     let store = PostgresStore::open_unmigrated(&postgres_url(), Some(&name)).unwrap();
-    let outcome = tokio::spawn(async move {
-        assert_eq!(store.migrate_to(5).await.unwrap(), vec![1, 2, 3, 4, 5]);
-        let store = Arc::new(store);
-        let s: Arc<dyn Store> = store.clone();
-        two_tenants(&s).await;
-        let before = [
-            event("ten_a", "evt_01", "cred_1", "webhook", Some("d1")),
-            event("ten_a", "evt_02", "cred_1", "webhook", None),
-            event("ten_b", "evt_03", "cred_2", "webhook", Some("d1")),
-        ];
-        for e in &before {
-            assert!(s.insert_event(e.clone()).await.unwrap(), "{}", e.id);
-        }
-
-        assert_eq!(store.migrate_to(6).await.unwrap(), vec![6]);
-        // The table as the migration leaves it: no row number, three indexes.
-        let catalog = Schema::new().await.unwrap().admin;
-        let seq = catalog
-            .query(
-                "SELECT 1 FROM information_schema.columns
-                 WHERE table_schema = $1 AND table_name = 'events' AND column_name = 'seq'",
-                &[&name],
-            )
-            .await
-            .unwrap();
-        assert!(seq.is_empty(), "events.seq is gone");
-        let indexes: Vec<(String, String)> = catalog
-            .query(
-                "SELECT indexname::text, indexdef FROM pg_indexes
-                 WHERE schemaname = $1 AND tablename = 'events' ORDER BY 1",
-                &[&name],
-            )
-            .await
-            .unwrap()
-            .iter()
-            .map(|r| (r.get(0), r.get(1)))
-            .collect();
-        let names: Vec<&str> = indexes.iter().map(|(n, _)| n.as_str()).collect();
-        assert_eq!(
-            names,
-            ["events_credential", "events_delivery", "events_pkey"]
-        );
-        assert!(
-            indexes[2].1.ends_with("(tenant_id, id)"),
-            "{}",
-            indexes[2].1
-        );
-        let listed = |tenant: &'static str| {
-            let s = s.clone();
-            async move {
-                let page = s
-                    .list_events(tenant, &EventFilter::default(), first(10))
-                    .await
-                    .unwrap();
-                page.items.into_iter().map(|e| e.id).collect::<Vec<_>>()
+    schema
+        .run(async move {
+            assert_eq!(store.migrate_to(5).await.unwrap(), vec![1, 2, 3, 4, 5]);
+            let store = Arc::new(store);
+            let s: Arc<dyn Store> = store.clone();
+            two_tenants(&s).await;
+            let before = [
+                event("ten_a", "evt_01", "cred_1", "webhook", Some("d1")),
+                event("ten_a", "evt_02", "cred_1", "webhook", None),
+                event("ten_b", "evt_03", "cred_2", "webhook", Some("d1")),
+            ];
+            for e in &before {
+                assert!(s.insert_event(e.clone()).await.unwrap(), "{}", e.id);
             }
-        };
-        assert_eq!(listed("ten_a").await, ["evt_02", "evt_01"]);
-        assert_eq!(listed("ten_b").await, ["evt_03"]);
-        assert_eq!(
-            s.get_event("ten_a", "evt_01").await.unwrap(),
-            Some(before[0].clone())
-        );
-        assert_eq!(s.get_event("ten_b", "evt_01").await.unwrap(), None);
-        // Delivery d1 of cred_1 again: a duplicate, stored before the
-        // migration; a new delivery is stored next to the old ones.
-        assert!(!s
-            .insert_event(event("ten_a", "evt_04", "cred_1", "webhook", Some("d1")))
-            .await
-            .unwrap());
-        assert!(s
-            .insert_event(event("ten_a", "evt_05", "cred_1", "webhook", Some("d2")))
-            .await
-            .unwrap());
-        assert_eq!(listed("ten_a").await, ["evt_05", "evt_02", "evt_01"]);
-    })
-    .await;
-    schema.drop_schema().await;
-    if let Err(e) = outcome {
-        std::panic::resume_unwind(e.into_panic());
-    }
+
+            assert_eq!(store.migrate_to(6).await.unwrap(), vec![6]);
+            // The table as the migration leaves it: no row number, three indexes.
+            let catalog = Schema::new().await.unwrap().admin;
+            let seq = catalog
+                .query(
+                    "SELECT 1 FROM information_schema.columns
+                 WHERE table_schema = $1 AND table_name = 'events' AND column_name = 'seq'",
+                    &[&name],
+                )
+                .await
+                .unwrap();
+            assert!(seq.is_empty(), "events.seq is gone");
+            let indexes: Vec<(String, String)> = catalog
+                .query(
+                    "SELECT indexname::text, indexdef FROM pg_indexes
+                 WHERE schemaname = $1 AND tablename = 'events' ORDER BY 1",
+                    &[&name],
+                )
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| (r.get(0), r.get(1)))
+                .collect();
+            let names: Vec<&str> = indexes.iter().map(|(n, _)| n.as_str()).collect();
+            assert_eq!(
+                names,
+                ["events_credential", "events_delivery", "events_pkey"]
+            );
+            assert!(
+                indexes[2].1.ends_with("(tenant_id, id)"),
+                "{}",
+                indexes[2].1
+            );
+            let listed = |tenant: &'static str| {
+                let s = s.clone();
+                async move {
+                    let page = s
+                        .list_events(tenant, &EventFilter::default(), first(10))
+                        .await
+                        .unwrap();
+                    page.items.into_iter().map(|e| e.id).collect::<Vec<_>>()
+                }
+            };
+            assert_eq!(listed("ten_a").await, ["evt_02", "evt_01"]);
+            assert_eq!(listed("ten_b").await, ["evt_03"]);
+            assert_eq!(
+                s.get_event("ten_a", "evt_01").await.unwrap(),
+                Some(before[0].clone())
+            );
+            assert_eq!(s.get_event("ten_b", "evt_01").await.unwrap(), None);
+            // Delivery d1 of cred_1 again: a duplicate, stored before the
+            // migration; a new delivery is stored next to the old ones.
+            assert!(!s
+                .insert_event(event("ten_a", "evt_04", "cred_1", "webhook", Some("d1")))
+                .await
+                .unwrap());
+            assert!(s
+                .insert_event(event("ten_a", "evt_05", "cred_1", "webhook", Some("d2")))
+                .await
+                .unwrap());
+            assert_eq!(listed("ten_a").await, ["evt_05", "evt_02", "evt_01"]);
+        })
+        .await;
 }
 
 #[tokio::test]
@@ -2077,54 +2079,51 @@ async fn postgres_replicas_migrate_once() {
         return;
     };
     let name = schema.name.clone();
-    let outcome = tokio::spawn(async move {
-        let url = postgres_url();
-        let idle = PostgresStore::open_unmigrated(&url, Some(&name)).unwrap();
-        assert_eq!(
-            idle.migration_status().await.unwrap(),
-            [
-                (1, false),
-                (2, false),
-                (3, false),
-                (4, false),
-                (5, false),
-                (6, false)
-            ]
-        );
-        let mut replicas = JoinSet::new();
-        for _ in 0..3 {
-            let (url, name) = (url.clone(), name.clone());
-            replicas.spawn(async move {
-                PostgresStore::connect_in_schema(&url, &name)
-                    .await
-                    .map(|_| ())
-            });
-        }
-        while let Some(r) = replicas.join_next().await {
-            r.unwrap().unwrap();
-        }
-        assert_eq!(
-            idle.migration_status().await.unwrap(),
-            [
-                (1, true),
-                (2, true),
-                (3, true),
-                (4, true),
-                (5, true),
-                (6, true)
-            ]
-        );
-        assert!(idle.migrate().await.unwrap().is_empty());
-        let e = PostgresStore::connect_in_schema(&url, "Bad-Name")
-            .await
-            .err();
-        assert!(matches!(e, Some(StoreError::Backend(_))), "{e:?}");
-    })
-    .await;
-    schema.drop_schema().await;
-    if let Err(e) = outcome {
-        std::panic::resume_unwind(e.into_panic());
-    }
+    schema
+        .run(async move {
+            let url = postgres_url();
+            let idle = PostgresStore::open_unmigrated(&url, Some(&name)).unwrap();
+            assert_eq!(
+                idle.migration_status().await.unwrap(),
+                [
+                    (1, false),
+                    (2, false),
+                    (3, false),
+                    (4, false),
+                    (5, false),
+                    (6, false)
+                ]
+            );
+            let mut replicas = JoinSet::new();
+            for _ in 0..3 {
+                let (url, name) = (url.clone(), name.clone());
+                replicas.spawn(async move {
+                    PostgresStore::connect_in_schema(&url, &name)
+                        .await
+                        .map(|_| ())
+                });
+            }
+            while let Some(r) = replicas.join_next().await {
+                r.unwrap().unwrap();
+            }
+            assert_eq!(
+                idle.migration_status().await.unwrap(),
+                [
+                    (1, true),
+                    (2, true),
+                    (3, true),
+                    (4, true),
+                    (5, true),
+                    (6, true)
+                ]
+            );
+            assert!(idle.migrate().await.unwrap().is_empty());
+            let e = PostgresStore::connect_in_schema(&url, "Bad-Name")
+                .await
+                .err();
+            assert!(matches!(e, Some(StoreError::Backend(_))), "{e:?}");
+        })
+        .await;
 }
 
 #[tokio::test]
@@ -2622,7 +2621,8 @@ async fn postgres_creates_together_answer_each_as_alone() {
         return;
     };
     let name = schema.name.clone();
-    let outcome = tokio::spawn(async move {
+    schema
+        .run(async move {
         let pg = Arc::new(
             PostgresStore::connect_in_schema(&postgres_url(), &name)
                 .await
@@ -2916,8 +2916,4 @@ async fn postgres_creates_together_answer_each_as_alone() {
         assert_eq!(audit_count(&s, "ten_a").await, audited_a + 9);
     })
     .await;
-    schema.drop_schema().await;
-    if let Err(e) = outcome {
-        std::panic::resume_unwind(e.into_panic());
-    }
 }
