@@ -79,6 +79,47 @@ pub async fn measure(dir: &Path, clients: usize, times: &Times) -> anyhow::Resul
     Ok(floors)
 }
 
+/// The empty handler under an open loop: its latency when requests arrive
+/// at a given rate, the floor of a scenario's open-loop row.
+#[derive(Clone, Copy)]
+pub struct OpenFloor {
+    pub rate: f64,
+    pub p50: f64,
+    pub p99: f64,
+}
+
+/// The empty handler on `clients` connections, open loop at `rate`, for
+/// `times.latency` (as the open-loop scenarios run): the latency the load
+/// generator, the runtime and the machine's scheduler alone add at that
+/// rate. Measured after the scenarios, with the server stopped.
+pub async fn open_loop(clients: usize, rate: f64, times: &Times) -> anyhow::Result<OpenFloor> {
+    let floor_server = FloorServer::start()?;
+    let addr = floor_server.addr;
+    let outcome = drive(
+        addr,
+        Plan {
+            clients,
+            warmup: times.warmup,
+            measure: times.latency,
+            rate: Some(rate),
+        },
+        1,
+        move |_| (0, request("GET", addr, "/", None, None)),
+        |s, _| s.is_success(),
+    )
+    .await?;
+    let floor = OpenFloor {
+        rate,
+        p50: outcome.all().ms(50.0),
+        p99: outcome.all().ms(99.0),
+    };
+    progress(format!(
+        "HTTP floor, open loop at {rate:.0}/s on {clients} connections: p50 {:.3} ms, p99 {:.3} ms",
+        floor.p50, floor.p99
+    ));
+    Ok(floor)
+}
+
 /// Small appends, each made durable with fdatasync, for `time`: syncs per
 /// second on the filesystem of `dir`.
 pub fn fsync_rate(dir: &Path, time: Duration) -> anyhow::Result<f64> {

@@ -50,6 +50,8 @@
 //!    3. verified Stripe webhook ingest (`Stripe-Signature`, signed as the
 //!       request is made), store-then-ack;
 //!    4. the same deliveries again: duplicates.
+//! 6. With the server stopped, the empty handler again, open loop at each
+//!    rate the open-loop rows ran at: their floor.
 //!
 //! Then the table is printed and written as JSON to
 //! `<target dir>/bench/<backend>-<UTC time>.json` and
@@ -61,9 +63,11 @@
 //! - **vs HTTP floor**: for a rate, the share of the empty handler's rate
 //!   reached with the same clients (100% would mean Latchkey costs nothing
 //!   over axum); for a latency, how many times the empty handler's latency
-//!   at the same percentile and the same number of clients (closed loop),
-//!   or with one client (the one-client and open-loop rows: the column says
-//!   "1-client floor" there).
+//!   at the same percentile under the same load: the same closed loop, one
+//!   client ("1-client floor"), or an open loop at the same rate on as many
+//!   connections ("open-loop floor": measured after the scenarios, with the
+//!   server stopped, so it shows the wait the load generator, the runtime
+//!   and the scheduler add at that rate when the server costs nothing).
 //! - **vs fsync floor** (durable writes only): requests per fsync the disk
 //!   can do. Above 1, several requests share one commit (group commit);
 //!   ingest needs about 4 on a disk of 5,000 fsync/s to reach 20,000/s.
@@ -704,6 +708,9 @@ async fn measure(
     let at_end = server.memory()?;
     let cold_seeded = (server.cold_start, server.banner_ready_ms);
     server.stop().await?;
+    // The open-loop rows' floors: the empty handler at the same rates.
+    let get_floor = floors::open_loop(run.clients, offered(&get_paced)?, &times).await?;
+    let search_floor = floors::open_loop(run.clients, offered(&search_paced)?, &times).await?;
 
     for (name, o) in [
         ("create", &create),
@@ -729,6 +736,8 @@ async fn measure(
             search_load: &search_load,
             search_paced: &search_paced,
             search_one: &search_one,
+            get_floor,
+            search_floor,
             ingest: &ingest,
             duplicate: &duplicate,
         },
@@ -742,6 +751,10 @@ async fn measure(
             at_end,
         },
     );
+    let open_floors: Vec<Value> = [get_floor, search_floor]
+        .iter()
+        .map(|f| json!({ "connections": run.clients, "per_s": f.rate, "p50_ms": f.p50, "p99_ms": f.p99 }))
+        .collect();
     let facts = json!({
         "floors": {
             "fsync_per_s": floors.fsync_per_s,
@@ -750,6 +763,7 @@ async fn measure(
                 "clients": run.clients, "per_s": floors.http_rate,
                 "p50_ms": floors.http_p50, "p99_ms": floors.http_p99,
                 "one_client_p50_ms": floors.http1_p50, "one_client_p99_ms": floors.http1_p99,
+                "open_loop": open_floors,
             },
         },
         "seed": { "credentials": run.scale, "seconds": seeded.elapsed.as_secs_f64() },
@@ -774,6 +788,11 @@ fn answered(name: &str, o: &load::Outcome) -> anyhow::Result<()> {
         bail!("scenario {name} completed no request in its measured time");
     }
     Ok(())
+}
+
+/// The rate an open-loop outcome was offered.
+fn offered(o: &load::Outcome) -> anyhow::Result<f64> {
+    o.offered.context("an open-loop outcome has its rate")
 }
 
 /// The kinds of search query, in the order the search scenario cycles them.

@@ -6,7 +6,7 @@ use std::time::Duration;
 use comfy_table::{presets::UTF8_FULL_CONDENSED, Cell, CellAlignment, Table};
 use serde_json::{json, Value};
 
-use crate::floors::Floors;
+use crate::floors::{Floors, OpenFloor};
 use crate::load::{self, Outcome};
 use crate::{server, RunArgs, SEARCHES};
 
@@ -147,6 +147,17 @@ pub fn thousands(v: f64) -> String {
     }
 }
 
+/// Which of the empty handler's latencies a latency row is compared with.
+#[derive(Clone, Copy)]
+enum Floor {
+    /// Under the same closed loop.
+    Closed,
+    /// With one client.
+    One,
+    /// Open loop at the same rate on as many connections.
+    Open(OpenFloor),
+}
+
 /// The scenarios' outcomes, for the table.
 pub struct Measured<'a> {
     pub create: &'a Outcome,
@@ -158,6 +169,9 @@ pub struct Measured<'a> {
     pub search_load: &'a Outcome,
     pub search_paced: &'a Outcome,
     pub search_one: &'a Outcome,
+    /// The empty handler, open loop at the open-loop rows' rates.
+    pub get_floor: OpenFloor,
+    pub search_floor: OpenFloor,
     pub ingest: &'a Outcome,
     pub duplicate: &'a Outcome,
 }
@@ -195,15 +209,18 @@ pub fn rows(run: &RunArgs, cores: usize, floors: &Floors, m: Measured, s: Starts
         json!({ "per_s": o.rate(), "count": o.count(), "seconds": o.elapsed.as_secs_f64(),
                 "p50_ms": l.ms(50.0), "p99_ms": l.ms(99.0), "max_ms": l.ms(100.0) })
     };
-    // `one`: compare with the empty handler's single-client latency (the
-    // one-client rows, and the open-loop rows, for which no floor at the same
-    // offered rate is measured); otherwise with its latency under the same
-    // closed loop.
-    let latency_row = |name: String, l: load::Latencies, o: &Outcome, one: bool, budget: Budget| {
-        let (f50, f99) = if one {
-            (floors.http1_p50, floors.http1_p99)
-        } else {
-            (floors.http_p50, floors.http_p99)
+    // Each latency is compared with the empty handler's under the same
+    // load: the same closed loop, one client, or an open loop at the same
+    // rate on as many connections.
+    let latency_row = |name: String,
+                       l: load::Latencies,
+                       o: &Outcome,
+                       floor: Floor,
+                       budget: Budget| {
+        let (f50, f99, label) = match floor {
+            Floor::Closed => (floors.http_p50, floors.http_p99, ""),
+            Floor::One => (floors.http1_p50, floors.http1_p99, " 1-client floor"),
+            Floor::Open(f) => (f.p50, f.p99, " open-loop floor"),
         };
         let mut r = Row::new(
             name,
@@ -219,7 +236,7 @@ pub fn rows(run: &RunArgs, cores: usize, floors: &Floors, m: Measured, s: Starts
             "p50 {:.1}×, p99 {:.1}×{}",
             l.ms(50.0) / f50,
             l.ms(99.0) / f99,
-            if one { " 1-client floor" } else { "" }
+            label
         ));
         r.vs_aead = Some(aead_wait(l.ms(50.0)));
         r.json = json!({ "p50_ms": l.ms(50.0), "p99_ms": l.ms(99.0), "max_ms": l.ms(100.0),
@@ -270,28 +287,28 @@ pub fn rows(run: &RunArgs, cores: usize, floors: &Floors, m: Measured, s: Starts
         format!("2. get by id at {scale}, {c} clients, closed loop"),
         m.get_load.all(),
         m.get_load,
-        false,
+        Floor::Closed,
         get_budget,
     ));
     rows.push(latency_row(
         format!("2. get by id at {scale}, {}", paced(m.get_paced)),
         m.get_paced.all(),
         m.get_paced,
-        true,
+        Floor::Open(m.get_floor),
         get_budget,
     ));
     rows.push(latency_row(
         format!("2. get by id at {scale}, 1 client"),
         m.get_one.all(),
         m.get_one,
-        true,
+        Floor::One,
         get_budget,
     ));
     rows.push(latency_row(
         format!("2. search page (50 rows) at {scale}, {c} clients, closed loop, mixed"),
         m.search_load.all(),
         m.search_load,
-        false,
+        Floor::Closed,
         search_budget,
     ));
     rows.push(latency_row(
@@ -301,14 +318,14 @@ pub fn rows(run: &RunArgs, cores: usize, floors: &Floors, m: Measured, s: Starts
         ),
         m.search_paced.all(),
         m.search_paced,
-        true,
+        Floor::Open(m.search_floor),
         search_budget,
     ));
     rows.push(latency_row(
         format!("2. search page (50 rows) at {scale}, 1 client, mixed"),
         m.search_one.all(),
         m.search_one,
-        true,
+        Floor::One,
         search_budget,
     ));
     // Under load every kind waits in the same queue; alone, each shows its own cost.
@@ -317,7 +334,7 @@ pub fn rows(run: &RunArgs, cores: usize, floors: &Floors, m: Measured, s: Starts
             format!("   1 client, {what}"),
             m.search_one.kind(k),
             m.search_one,
-            true,
+            Floor::One,
             search_budget,
         ));
     }
@@ -455,6 +472,15 @@ pub fn rows(run: &RunArgs, cores: usize, floors: &Floors, m: Measured, s: Starts
             ),
         ),
     ];
+    for f in [m.get_floor, m.search_floor] {
+        floor_rows.push(Row::new(
+            format!(
+                "floor: empty axum handler, {c} connections, open loop at {}",
+                per_s(f.rate)
+            ),
+            format!("p50 {:.3} ms · p99 {:.3} ms", f.p50, f.p99),
+        ));
+    }
     rows.append(&mut floor_rows);
     rows
 }
