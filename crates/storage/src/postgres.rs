@@ -28,13 +28,14 @@
 //! it is installed already. Connections are plain TCP or socket (`NoTls`).
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Pool, RecyclingMethod};
-use tokio::sync::{mpsc, oneshot, Mutex};
+use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Object, Pool, RecyclingMethod};
+use tokio::sync::{mpsc, oneshot, Mutex, Notify};
 use tokio_postgres::types::{Json, ToSql};
 use tokio_postgres::{NoTls, Row};
 
@@ -85,13 +86,17 @@ enum NameLock {
 
 /// Most events one group commit of ingress takes.
 const EVENT_BATCH: usize = 512;
-/// Group commits of ingress in flight at once. One: while it commits, the
-/// deliveries that arrive meanwhile queue up and go in the next batch
-/// together. PostgreSQL spends about as much on binding, starting and
-/// committing the statement as on a dozen of its rows, so fewer, larger
-/// batches leave it more time for rows (with two writers, the benchmark's
-/// batches held 14 events on average; with one, 28).
-const EVENT_WRITERS: usize = 1;
+/// Group commits of ingress in flight at once, pipelined on one connection
+/// ([`event_writer`]): PostgreSQL starts the next batch's statement as soon
+/// as it has committed the last one, rather than after a round trip through
+/// this process. On separate connections the two would run at once and
+/// contend for the same index pages and the same cores.
+const EVENT_WRITERS: usize = 2;
+/// While one batch is in flight, the next is sent once it holds this many
+/// events (or the first has returned): PostgreSQL spends about as much on
+/// binding, starting and committing the statement as on a dozen of its
+/// rows, so a second statement is worth sending only for enough rows.
+const EVENT_OVERLAP: usize = 16;
 
 type EventJob = (NewEvent, oneshot::Sender<Result<EventStored>>);
 
@@ -587,8 +592,9 @@ enum Grouped {
 /// group leaves unanswered goes alone, each on a task and connection of its
 /// own ([`create_alone`]), so a create that waits for a lock never holds up
 /// the writer.
-async fn create_writer(pool: Pool, queue: Arc<Mutex<mpsc::Receiver<CreateJob>>>) {
-    while let Some(batch) = next_batch(&queue, CREATE_BATCH).await {
+async fn create_writer(pool: Pool, queue: Arc<Queue<CreateJob>>) {
+    // Each group on a connection of its own, sent as soon as it is taken.
+    while let Some((batch, in_flight)) = next_batch(&queue, CREATE_BATCH, 1).await {
         // A group of one too: the writer is busy for its round trip, and
         // the creates that arrive meanwhile make the next group.
         let items: Vec<_> = batch
@@ -606,6 +612,7 @@ async fn create_writer(pool: Pool, queue: Arc<Mutex<mpsc::Receiver<CreateJob>>>)
             }),
             Err(_) => vec![None; items.len()],
         };
+        drop((items, in_flight));
         for (job, answer) in batch.into_iter().zip(answers) {
             match answer {
                 Some(outcome) => {
@@ -1887,9 +1894,12 @@ impl Store for PostgresStore {
     }
 
     async fn store_event(&self, e: NewEvent) -> Result<EventStored> {
-        let queue = self
-            .events
-            .get_or_init(|| start_writers(&self.pool, 8192, EVENT_WRITERS, event_writer));
+        let queue = self.events.get_or_init(|| {
+            let client = Arc::new(SharedClient::default());
+            start_writers(&self.pool, 8192, EVENT_WRITERS, move |pool, queue| {
+                event_writer(pool, queue, client.clone())
+            })
+        });
         let (done, wait) = oneshot::channel();
         queue
             .send((e, done))
@@ -2466,6 +2476,15 @@ impl Store for PostgresStore {
     }
 }
 
+/// The jobs of a group-commit queue, shared by its writers.
+struct Queue<T> {
+    jobs: Mutex<mpsc::Receiver<T>>,
+    /// Writers with a batch in flight.
+    busy: AtomicUsize,
+    /// Signalled each time a writer's batch ends.
+    ended: Notify,
+}
+
 /// A group-commit queue of `capacity` jobs, drained by `writers` tasks
 /// running `writer`, each on the pool.
 fn start_writers<T, W, F>(
@@ -2476,30 +2495,84 @@ fn start_writers<T, W, F>(
 ) -> mpsc::Sender<T>
 where
     T: Send + 'static,
-    W: Fn(Pool, Arc<Mutex<mpsc::Receiver<T>>>) -> F,
+    W: Fn(Pool, Arc<Queue<T>>) -> F,
     F: std::future::Future<Output = ()> + Send + 'static,
 {
     let (tx, rx) = mpsc::channel(capacity);
-    let rx = Arc::new(Mutex::new(rx));
+    let queue = Arc::new(Queue {
+        jobs: Mutex::new(rx),
+        busy: AtomicUsize::new(0),
+        ended: Notify::new(),
+    });
     for _ in 0..writers {
-        tokio::spawn(writer(pool.clone(), rx.clone()));
+        tokio::spawn(writer(pool.clone(), queue.clone()));
     }
     tx
 }
 
 /// The next job queued and every one queued behind it, up to `max`, taken
 /// by a writer while its last batch (or another writer's) commits; `None`
-/// once the queue is closed.
-async fn next_batch<T>(queue: &Mutex<mpsc::Receiver<T>>, max: usize) -> Option<Vec<T>> {
-    let mut rx = queue.lock().await;
+/// once the queue is closed. While another writer's batch is in flight,
+/// the batch is handed out only once it holds `overlap` jobs or that batch
+/// has ended. The batch counts as in flight until its [`InFlight`] is
+/// dropped.
+async fn next_batch<T>(
+    queue: &Queue<T>,
+    max: usize,
+    overlap: usize,
+) -> Option<(Vec<T>, InFlight<'_, T>)> {
+    let mut rx = queue.jobs.lock().await;
     let mut batch = vec![rx.recv().await?];
-    while batch.len() < max {
-        match rx.try_recv() {
-            Ok(job) => batch.push(job),
-            Err(_) => break,
+    loop {
+        while batch.len() < max {
+            match rx.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        // Made before `busy` is read, so an end in between still wakes it.
+        let ended = queue.ended.notified();
+        if batch.len() >= overlap.min(max) || queue.busy.load(Ordering::Acquire) == 0 {
+            break;
+        }
+        tokio::select! {
+            _ = ended => {}
+            job = rx.recv() => match job {
+                Some(job) => batch.push(job),
+                None => break,
+            },
         }
     }
-    Some(batch)
+    queue.busy.fetch_add(1, Ordering::AcqRel);
+    Some((batch, InFlight(queue)))
+}
+
+/// A batch [`next_batch`] handed out, in flight until dropped (however its
+/// writer ends it).
+struct InFlight<'a, T>(&'a Queue<T>);
+
+impl<T> Drop for InFlight<'_, T> {
+    fn drop(&mut self) {
+        self.0.busy.fetch_sub(1, Ordering::AcqRel);
+        self.0.ended.notify_waiters();
+    }
+}
+
+/// The connection the ingress writers share, taken from the pool when
+/// first needed and again once it is found closed.
+#[derive(Default)]
+struct SharedClient(std::sync::Mutex<Option<Arc<Object>>>);
+
+impl SharedClient {
+    async fn get(&self, pool: &Pool) -> Result<Arc<Object>> {
+        let held = self.0.lock().expect("shared client poisoned").clone();
+        if let Some(client) = held.filter(|c| !c.is_closed()) {
+            return Ok(client);
+        }
+        let client = Arc::new(pool.get().await.map_err(|e| backend(&e))?);
+        *self.0.lock().expect("shared client poisoned") = Some(client.clone());
+        Ok(client)
+    }
 }
 
 /// Group commit of ingress: takes every event queued (up to
@@ -2508,10 +2581,21 @@ async fn next_batch<T>(queue: &Mutex<mpsc::Receiver<T>>, max: usize) -> Option<V
 /// new only after that commit. If the batch fails (one bad row fails the
 /// statement), each event is retried alone ([`event_alone`]) so only the
 /// bad one fails.
-async fn event_writer(pool: Pool, queue: Arc<Mutex<mpsc::Receiver<EventJob>>>) {
-    while let Some(mut batch) = next_batch(&queue, EVENT_BATCH).await {
+///
+/// The [`EVENT_WRITERS`] writers send their statements on one connection
+/// (`client`), so they are pipelined: each is its own transaction, run in
+/// the order sent, and its rows come back only after its commit (the
+/// connection's ready-for-query follows the commit). A batch is sent while
+/// another is in flight only once it holds [`EVENT_OVERLAP`] events.
+async fn event_writer(pool: Pool, queue: Arc<Queue<EventJob>>, client: Arc<SharedClient>) {
+    while let Some((mut batch, in_flight)) = next_batch(&queue, EVENT_BATCH, EVENT_OVERLAP).await {
         let events: Vec<&NewEvent> = batch.iter().map(|(e, _)| e).collect();
-        match insert_events(&pool, &events).await {
+        let stored = match client.get(&pool).await {
+            Ok(c) => insert_events(&c, &events).await,
+            Err(e) => Err(e),
+        };
+        drop((events, in_flight));
+        match stored {
             Ok(mut outcomes) => {
                 for (e, done) in batch {
                     let outcome = outcomes
@@ -2538,9 +2622,11 @@ async fn event_writer(pool: Pool, queue: Arc<Mutex<mpsc::Receiver<EventJob>>>) {
 /// One event of a failed batch, alone ([`insert_events`]), answered to its
 /// caller.
 async fn event_alone(pool: Pool, (event, done): EventJob) {
-    let outcome = insert_events(&pool, &[&event])
-        .await
-        .map(|mut o| o.remove(&event.event.id).unwrap_or(EventStored::Duplicate));
+    let outcome = match pool.get().await {
+        Ok(client) => insert_events(&client, &[&event]).await,
+        Err(e) => Err(backend(&e)),
+    }
+    .map(|mut o| o.remove(&event.event.id).unwrap_or(EventStored::Duplicate));
     let _ = done.send(outcome);
 }
 
@@ -2554,8 +2640,10 @@ async fn event_alone(pool: Pool, (event, done): EventJob) {
 /// the same whatever the batch's size: it is parsed and planned once per
 /// connection (a `VALUES` list of one tuple per event would be a new
 /// statement, parsed and planned again, for every batch).
-async fn insert_events(pool: &Pool, events: &[&NewEvent]) -> Result<HashMap<String, EventStored>> {
-    let client = pool.get().await.map_err(|e| backend(&e))?;
+async fn insert_events(
+    client: &Object,
+    events: &[&NewEvent],
+) -> Result<HashMap<String, EventStored>> {
     let column = |f: fn(&NewEvent) -> &str| events.iter().map(|n| f(n)).collect::<Vec<_>>();
     let optional =
         |f: fn(&NewEvent) -> Option<&str>| events.iter().map(|n| f(n)).collect::<Vec<_>>();
@@ -2589,7 +2677,7 @@ async fn insert_events(pool: &Pool, events: &[&NewEvent]) -> Result<HashMap<Stri
         &map_user,
     ];
     let mut out = HashMap::with_capacity(events.len());
-    for r in rows(&client, INSERT_EVENTS_SQL, &params).await? {
+    for r in rows(client, INSERT_EVENTS_SQL, &params).await? {
         let id: String = r.try_get(0).map_err(pg)?;
         let current: bool = r.try_get(1).map_err(pg)?;
         let stored: bool = r.try_get(2).map_err(pg)?;
@@ -2667,6 +2755,73 @@ fn snapshot_row(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn queue(capacity: usize) -> (mpsc::Sender<u32>, Queue<u32>) {
+        let (tx, rx) = mpsc::channel(capacity);
+        let queue = Queue {
+            jobs: Mutex::new(rx),
+            busy: AtomicUsize::new(0),
+            ended: Notify::new(),
+        };
+        (tx, queue)
+    }
+
+    /// Whether `batch` is still waiting after a while (it cannot finish
+    /// without a new job or a batch's end, so a wrong answer is never a
+    /// matter of timing).
+    async fn still_waiting<F: std::future::Future + Unpin>(batch: &mut F) -> bool {
+        tokio::time::timeout(Duration::from_millis(50), batch)
+            .await
+            .is_err()
+    }
+
+    #[tokio::test]
+    async fn with_a_batch_in_flight_the_next_waits_for_enough_jobs() {
+        let (tx, queue) = queue(16);
+        tx.send(1).await.unwrap();
+        // Nothing in flight: one job is a batch.
+        let (first, _in_flight) = next_batch(&queue, 8, 3).await.unwrap();
+        assert_eq!(first, vec![1]);
+
+        tx.send(2).await.unwrap();
+        let mut next = Box::pin(next_batch(&queue, 8, 3));
+        assert!(still_waiting(&mut next).await, "sent with 1 of 3 jobs");
+        tx.send(3).await.unwrap();
+        assert!(still_waiting(&mut next).await, "sent with 2 of 3 jobs");
+        tx.send(4).await.unwrap();
+        let (second, _) = next.await.unwrap();
+        assert_eq!(second, vec![2, 3, 4]);
+    }
+
+    #[tokio::test]
+    async fn the_end_of_the_batch_in_flight_sends_the_next_at_once() {
+        let (tx, queue) = queue(16);
+        tx.send(1).await.unwrap();
+        let (_, in_flight) = next_batch(&queue, 8, 3).await.unwrap();
+        tx.send(2).await.unwrap();
+        let mut next = Box::pin(next_batch(&queue, 8, 3));
+        assert!(still_waiting(&mut next).await);
+        drop(in_flight);
+        let (second, in_flight) = next.await.unwrap();
+        assert_eq!(second, vec![2]);
+        assert_eq!(queue.busy.load(Ordering::Acquire), 1);
+        drop(in_flight);
+        assert_eq!(queue.busy.load(Ordering::Acquire), 0);
+    }
+
+    #[tokio::test]
+    async fn a_batch_never_holds_more_than_its_most() {
+        let (tx, queue) = queue(16);
+        for n in 0..5 {
+            tx.send(n).await.unwrap();
+        }
+        let (first, _) = next_batch(&queue, 3, 1).await.unwrap();
+        assert_eq!(first, vec![0, 1, 2]);
+        drop(tx);
+        let (rest, _) = next_batch(&queue, 3, 1).await.unwrap();
+        assert_eq!(rest, vec![3, 4]);
+        assert!(next_batch(&queue, 3, 1).await.is_none(), "closed and empty");
+    }
 
     #[test]
     fn the_column_count_counts_the_credential_columns() {

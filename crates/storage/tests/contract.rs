@@ -1582,6 +1582,108 @@ async fn an_event_is_stored_only_at_the_credential_version_it_was_checked_agains
     .await;
 }
 
+/// PostgreSQL's ingress writers share one connection (their statements
+/// pipelined on it). When it dies, a delivery that was answered is stored
+/// (once: retried elsewhere, a batch that did commit is a duplicate), and
+/// the next deliveries take a new connection: all are stored.
+#[tokio::test]
+async fn postgres_ingress_outlives_its_connection() {
+    let Some(schema) = postgres_or_skip().await else {
+        return;
+    };
+    let name = schema.name.clone();
+    // Its own application name, so that only this store's connections are
+    // ended (other tests share the server).
+    let base = postgres_url();
+    let url = format!(
+        "{base}{}application_name={name}",
+        if base.contains('?') { "&" } else { "?" }
+    );
+    schema
+        .run(async move {
+            let s: Arc<dyn Store> =
+                Arc::new(PostgresStore::connect_in_schema(&url, &name).await.unwrap());
+            two_tenants(&s).await;
+            let stored = EventStored::Stored {
+                user_id: Some("user_1".into()),
+            };
+            let new = |n: usize| NewEvent {
+                event: event(
+                    "ten_a",
+                    &format!("evt_{n:04}"),
+                    "cred_1",
+                    "webhook",
+                    Some(&format!("d_{n}")),
+                ),
+                credential_version: None,
+                map_user: false,
+            };
+            let burst = |ns: std::ops::Range<usize>| {
+                let mut set = JoinSet::new();
+                for n in ns {
+                    let (s, e) = (s.clone(), new(n));
+                    set.spawn(async move { (n, s.store_event(e).await) });
+                }
+                set
+            };
+            // The writers' connection exists once an event went through it.
+            assert_eq!(s.store_event(new(0)).await.unwrap(), stored);
+
+            let (admin, connection) =
+                tokio_postgres::connect(&postgres_url(), tokio_postgres::NoTls)
+                    .await
+                    .unwrap();
+            tokio::spawn(connection);
+            let ended = admin
+                .query(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+                     WHERE application_name = $1",
+                    &[&name],
+                )
+                .await
+                .unwrap();
+            assert!(!ended.is_empty(), "the store had connections to end");
+
+            let mut answered = vec!["evt_0000".to_string()];
+            let mut first = burst(1..201);
+            while let Some(r) = first.join_next().await {
+                // A delivery may fail here (the provider sends it again);
+                // one that was answered is stored.
+                if let (n, Ok(outcome)) = r.unwrap() {
+                    assert!(
+                        outcome == stored || outcome == EventStored::Duplicate,
+                        "{n}: {outcome:?}"
+                    );
+                    answered.push(format!("evt_{n:04}"));
+                }
+            }
+            let mut second = burst(201..401);
+            while let Some(r) = second.join_next().await {
+                let (n, outcome) = r.unwrap();
+                assert_eq!(outcome.unwrap(), stored, "{n}");
+                answered.push(format!("evt_{n:04}"));
+            }
+            assert!(answered.len() > 201, "{} answered", answered.len());
+            for id in answered {
+                assert!(s.get_event("ten_a", &id).await.unwrap().is_some(), "{id}");
+            }
+            // In groups again (rows of one transaction share its xmin), not
+            // one by one as a batch that failed on a dead connection is.
+            let commits: i64 = admin
+                .query_one(
+                    &format!(
+                        "SELECT count(DISTINCT xmin::text) FROM {name}.events WHERE id > 'evt_0200'"
+                    ),
+                    &[],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            assert!(commits < 100, "200 deliveries in {commits} commits");
+        })
+        .await;
+}
+
 /// PostgreSQL's migration 6 drops the events' row number and makes
 /// (tenant, id) their primary key: events stored before it are all still
 /// there after it, in order, each only in its tenant, and a delivery stored
