@@ -11,7 +11,9 @@
 //! flushes. The two hot writes, ingress events and credential creates, are
 //! group-committed here as well: a writer task takes whatever is queued and
 //! writes it with one statement, since PostgreSQL spends more on a statement
-//! and its commit than on a row. With `synchronous_commit` on (the default)
+//! and its commit than on a row (ingress's writers keep one pooled
+//! connection for themselves, their statements pipelined on it). With
+//! `synchronous_commit` on (the default)
 //! a mutation returns only once its commit is durable.
 //!
 //! Transactions run at READ COMMITTED. Where SQLite's single writer makes a
@@ -2559,18 +2561,19 @@ impl<T> Drop for InFlight<'_, T> {
 }
 
 /// The connection the ingress writers share, taken from the pool when
-/// first needed and again once it is found closed.
+/// first needed and again once it is found closed (by one writer: the
+/// other waits for it).
 #[derive(Default)]
-struct SharedClient(std::sync::Mutex<Option<Arc<Object>>>);
+struct SharedClient(Mutex<Option<Arc<Object>>>);
 
 impl SharedClient {
     async fn get(&self, pool: &Pool) -> Result<Arc<Object>> {
-        let held = self.0.lock().expect("shared client poisoned").clone();
-        if let Some(client) = held.filter(|c| !c.is_closed()) {
-            return Ok(client);
+        let mut held = self.0.lock().await;
+        if let Some(client) = held.as_ref().filter(|c| !c.is_closed()) {
+            return Ok(client.clone());
         }
         let client = Arc::new(pool.get().await.map_err(|e| backend(&e))?);
-        *self.0.lock().expect("shared client poisoned") = Some(client.clone());
+        *held = Some(client.clone());
         Ok(client)
     }
 }
@@ -2590,9 +2593,12 @@ impl SharedClient {
 async fn event_writer(pool: Pool, queue: Arc<Queue<EventJob>>, client: Arc<SharedClient>) {
     while let Some((mut batch, in_flight)) = next_batch(&queue, EVENT_BATCH, EVENT_OVERLAP).await {
         let events: Vec<&NewEvent> = batch.iter().map(|(e, _)| e).collect();
-        let stored = match client.get(&pool).await {
-            Ok(c) => insert_events(&c, &events).await,
-            Err(e) => Err(e),
+        let (stored, lost) = match client.get(&pool).await {
+            Ok(c) => {
+                let stored = insert_events(&c, &events).await;
+                (stored, c.is_closed())
+            }
+            Err(e) => (Err(e), false),
         };
         drop((events, in_flight));
         match stored {
@@ -2604,7 +2610,8 @@ async fn event_writer(pool: Pool, queue: Arc<Queue<EventJob>>, client: Arc<Share
                     let _ = done.send(Ok(outcome));
                 }
             }
-            Err(e) if batch.len() == 1 => {
+            // Alone and not for want of a connection: its own failure.
+            Err(e) if batch.len() == 1 && !lost => {
                 let (_, done) = batch.pop().expect("one job");
                 let _ = done.send(Err(e));
             }
@@ -2631,7 +2638,9 @@ async fn event_alone(pool: Pool, (event, done): EventJob) {
 }
 
 /// Inserts `events` in one statement (its own transaction, durable once it
-/// returns): each only while its credential is at the version it names, and
+/// returns: the rows are collected whole, and the last comes only with the
+/// ready-for-query that follows the commit, so nothing is answered from a
+/// row streamed before it): each only while its credential is at the version it names, and
 /// not when its delivery id is already stored or repeated in the batch; the
 /// user mapping is looked up in the same statement. Returns each event's
 /// outcome by event id.

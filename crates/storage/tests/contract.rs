@@ -1593,7 +1593,7 @@ async fn postgres_ingress_outlives_its_connection() {
     };
     let name = schema.name.clone();
     // Its own application name, so that only this store's connections are
-    // ended (other tests share the server).
+    // ended (other tests share the server). The test URL is a URL here.
     let base = postgres_url();
     let url = format!(
         "{base}{}application_name={name}",
@@ -1663,6 +1663,7 @@ async fn postgres_ingress_outlives_its_connection() {
                 assert_eq!(outcome.unwrap(), stored, "{n}");
                 answered.push(format!("evt_{n:04}"));
             }
+            // The second burst, the first event and some of the first burst.
             assert!(answered.len() > 201, "{} answered", answered.len());
             for id in answered {
                 assert!(s.get_event("ten_a", &id).await.unwrap().is_some(), "{id}");
