@@ -708,7 +708,9 @@ async fn measure(
     let at_end = server.memory()?;
     let cold_seeded = (server.cold_start, server.banner_ready_ms);
     server.stop().await?;
-    // The open-loop rows' floors: the empty handler at the same rates.
+    // The open-loop rows' floors: the empty handler at the same rates, once
+    // the server's last writes have settled.
+    tokio::time::sleep(times.settle).await;
     let get_floor = floors::open_loop(run.clients, offered(&get_paced)?, &times).await?;
     let search_floor = floors::open_loop(run.clients, offered(&search_paced)?, &times).await?;
 
@@ -751,9 +753,9 @@ async fn measure(
             at_end,
         },
     );
-    let open_floors: Vec<Value> = [get_floor, search_floor]
+    let open_floors: Vec<Value> = [("get", get_floor), ("search", search_floor)]
         .iter()
-        .map(|f| json!({ "connections": run.clients, "per_s": f.rate, "p50_ms": f.p50, "p99_ms": f.p99 }))
+        .map(|(row, f)| json!({ "row": row, "connections": run.clients, "per_s": f.rate, "p50_ms": f.p50, "p99_ms": f.p99 }))
         .collect();
     let facts = json!({
         "floors": {

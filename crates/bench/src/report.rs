@@ -472,10 +472,10 @@ pub fn rows(run: &RunArgs, cores: usize, floors: &Floors, m: Measured, s: Starts
             ),
         ),
     ];
-    for f in [m.get_floor, m.search_floor] {
+    for (row, f) in [("get", m.get_floor), ("search", m.search_floor)] {
         floor_rows.push(Row::new(
             format!(
-                "floor: empty axum handler, {c} connections, open loop at {}",
+                "floor: empty axum handler, {c} connections, open loop at {} (the {row} rate)",
                 per_s(f.rate)
             ),
             format!("p50 {:.3} ms · p99 {:.3} ms", f.p50, f.p99),
