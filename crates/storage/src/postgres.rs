@@ -2637,13 +2637,13 @@ async fn event_alone(pool: Pool, (event, done): EventJob) {
     let _ = done.send(outcome);
 }
 
-/// Inserts `events` in one statement (its own transaction, durable once it
-/// returns: the rows are collected whole, and the last comes only with the
-/// ready-for-query that follows the commit, so nothing is answered from a
-/// row streamed before it): each only while its credential is at the version it names, and
-/// not when its delivery id is already stored or repeated in the batch; the
-/// user mapping is looked up in the same statement. Returns each event's
-/// outcome by event id.
+/// Inserts `events` in one statement, its own transaction: each only while
+/// its credential is at the version it names, and not when its delivery id
+/// is already stored or repeated in the batch; the user mapping is looked up
+/// in the same statement. Returns each event's outcome by event id, durable
+/// once it returns: the rows are collected whole, and the stream ends only
+/// with the ready-for-query that follows the commit, so nothing is answered
+/// from a row read before it.
 ///
 /// The batch goes in as one array per column, so the statement's text is
 /// the same whatever the batch's size: it is parsed and planned once per
