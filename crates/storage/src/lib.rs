@@ -360,6 +360,15 @@ pub struct Rewrap {
     pub wrapped_dek: Vec<u8>,
 }
 
+/// What [`Store::find_token_with_credential`] found.
+#[derive(Debug, Clone)]
+pub struct TokenWithCredential {
+    pub token: TokenRecord,
+    pub tenant: TenantRecord,
+    /// `None` when the tenant has no such credential.
+    pub credential: Option<(CredentialRecord, Vec<CounterDelta>)>,
+}
+
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Reads a value of the installation's metadata (e.g. the key check).
@@ -526,6 +535,26 @@ pub trait Store: Send + Sync + 'static {
         tenant: &str,
         id: &str,
     ) -> Result<Option<(CredentialRecord, Vec<CounterDelta>)>>;
+    /// A bearer's read of one credential: the live token with this hash and
+    /// its tenant, and (when there is one) that tenant's credential `id`
+    /// with its stored counters. PostgreSQL reads both in one round trip,
+    /// where one after the other costs two; elsewhere the default does the
+    /// two reads above.
+    async fn find_token_with_credential(
+        &self,
+        hash: [u8; 32],
+        id: &str,
+    ) -> Result<Option<TokenWithCredential>> {
+        let Some((token, tenant)) = self.find_token(hash).await? else {
+            return Ok(None);
+        };
+        let credential = self.get_credential_with_counters(&tenant.id, id).await?;
+        Ok(Some(TokenWithCredential {
+            token,
+            tenant,
+            credential,
+        }))
+    }
 
     /// Every master key the data knows, oldest first.
     async fn list_keys(&self) -> Result<Vec<KeyRecord>>;

@@ -981,8 +981,9 @@ const CREDENTIAL_COLUMNS: &str = "id, tenant_id, name, description, integration_
 const CREDENTIAL_COLUMN_COUNT: usize = 20;
 
 /// A credential and its stored ingress counters, as three arrays in the
-/// counters' order (empty when there are none).
-static CREDENTIAL_WITH_COUNTERS_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+/// counters' order (empty when there are none), picked by the SQL
+/// expressions `tenant` and `id`.
+fn credential_with_counters_sql(tenant: &str, id: &str) -> String {
     let counter = |column: &str| {
         format!(
             "ARRAY(SELECT {column} FROM ingress_counters i
@@ -991,35 +992,87 @@ static CREDENTIAL_WITH_COUNTERS_SQL: std::sync::LazyLock<String> = std::sync::La
     };
     format!(
         "SELECT {CREDENTIAL_COLUMNS}, {}, {}, {} FROM credentials c
-         WHERE c.tenant_id = $1 AND c.id = $2",
+         WHERE c.tenant_id = {tenant} AND c.id = {id}",
         counter("kind"),
         counter("outcome"),
         counter("count")
     )
+}
+
+static CREDENTIAL_WITH_COUNTERS_SQL: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| credential_with_counters_sql("$1", "$2"));
+
+/// The live token whose hash is `$1` and its tenant, then that tenant's
+/// credential `$2` as [`CREDENTIAL_WITH_COUNTERS_SQL`] reads it (all NULL
+/// when there is none).
+static TOKEN_WITH_CREDENTIAL_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "SELECT k.id, k.tenant_id, k.name, k.role, k.hash, k.created_at, k.created_by, k.revoked_at,
+                t.id, t.name, t.is_operator, t.created_at, w.*
+         FROM tokens k JOIN tenants t ON t.id = k.tenant_id
+         LEFT JOIN LATERAL ({}) w ON true
+         WHERE k.hash = $1 AND k.revoked_at IS NULL",
+        credential_with_counters_sql("k.tenant_id", "$2")
+    )
 });
 
+/// Where the credential starts in a row of [`TOKEN_WITH_CREDENTIAL_SQL`].
+const TOKEN_WITH_CREDENTIAL_AT: usize = 12;
+
+/// A row of [`CREDENTIAL_WITH_COUNTERS_SQL`]'s columns, from column `at`.
+fn credential_with_counters_from_row(
+    r: &Row,
+    at: usize,
+) -> std::result::Result<(CredentialRecord, Vec<CounterDelta>), tokio_postgres::Error> {
+    let rec = credential_at(r, at)?;
+    let n = at + CREDENTIAL_COLUMN_COUNT;
+    let kinds: Vec<String> = r.try_get(n)?;
+    let outcomes: Vec<String> = r.try_get(n + 1)?;
+    let counts: Vec<i64> = r.try_get(n + 2)?;
+    let counted = kinds
+        .into_iter()
+        .zip(outcomes)
+        .zip(counts)
+        .map(|((kind, outcome), count)| CounterDelta {
+            credential_id: rec.id.clone(),
+            kind,
+            outcome,
+            count: count as u64,
+        })
+        .collect();
+    Ok((rec, counted))
+}
+
 fn credential_from_row(r: &Row) -> std::result::Result<CredentialRecord, tokio_postgres::Error> {
+    credential_at(r, 0)
+}
+
+/// A credential from the row's columns `at` onwards.
+fn credential_at(
+    r: &Row,
+    at: usize,
+) -> std::result::Result<CredentialRecord, tokio_postgres::Error> {
     Ok(CredentialRecord {
-        id: r.try_get(0)?,
-        tenant_id: r.try_get(1)?,
-        name: r.try_get(2)?,
-        description: r.try_get(3)?,
-        integration_id: r.try_get(4)?,
-        auth_type: r.try_get(5)?,
-        services: r.try_get::<_, Json<BTreeMap<String, String>>>(6)?.0,
-        scopes: r.try_get::<_, Json<Vec<String>>>(7)?.0,
-        params: r.try_get::<_, Json<BTreeMap<String, String>>>(8)?.0,
-        secret_fields: r.try_get::<_, Json<Vec<SecretMeta>>>(9)?.0,
-        status: r.try_get(10)?,
-        status_message: r.try_get(11)?,
-        checked_at: r.try_get(12)?,
-        version: r.try_get(13)?,
-        kek_id: r.try_get(14)?,
-        wrapped_dek: r.try_get(15)?,
-        created_at: r.try_get(16)?,
-        created_by: r.try_get(17)?,
-        updated_at: r.try_get(18)?,
-        updated_by: r.try_get(19)?,
+        id: r.try_get(at)?,
+        tenant_id: r.try_get(at + 1)?,
+        name: r.try_get(at + 2)?,
+        description: r.try_get(at + 3)?,
+        integration_id: r.try_get(at + 4)?,
+        auth_type: r.try_get(at + 5)?,
+        services: r.try_get::<_, Json<BTreeMap<String, String>>>(at + 6)?.0,
+        scopes: r.try_get::<_, Json<Vec<String>>>(at + 7)?.0,
+        params: r.try_get::<_, Json<BTreeMap<String, String>>>(at + 8)?.0,
+        secret_fields: r.try_get::<_, Json<Vec<SecretMeta>>>(at + 9)?.0,
+        status: r.try_get(at + 10)?,
+        status_message: r.try_get(at + 11)?,
+        checked_at: r.try_get(at + 12)?,
+        version: r.try_get(at + 13)?,
+        kek_id: r.try_get(at + 14)?,
+        wrapped_dek: r.try_get(at + 15)?,
+        created_at: r.try_get(at + 16)?,
+        created_by: r.try_get(at + 17)?,
+        updated_at: r.try_get(at + 18)?,
+        updated_by: r.try_get(at + 19)?,
     })
 }
 
@@ -2340,23 +2393,40 @@ impl Store for PostgresStore {
         let Some(r) = row(&client, &CREDENTIAL_WITH_COUNTERS_SQL, &[&tenant, &id]).await? else {
             return Ok(None);
         };
-        let rec = credential_from_row(&r).map_err(pg)?;
-        let n = CREDENTIAL_COLUMN_COUNT;
-        let kinds: Vec<String> = r.try_get(n).map_err(pg)?;
-        let outcomes: Vec<String> = r.try_get(n + 1).map_err(pg)?;
-        let counts: Vec<i64> = r.try_get(n + 2).map_err(pg)?;
-        let counted = kinds
-            .into_iter()
-            .zip(outcomes)
-            .zip(counts)
-            .map(|((kind, outcome), count)| CounterDelta {
-                credential_id: rec.id.clone(),
-                kind,
-                outcome,
-                count: count as u64,
-            })
-            .collect();
-        Ok(Some((rec, counted)))
+        credential_with_counters_from_row(&r, 0)
+            .map(Some)
+            .map_err(pg)
+    }
+
+    async fn find_token_with_credential(
+        &self,
+        hash: [u8; 32],
+        id: &str,
+    ) -> Result<Option<TokenWithCredential>> {
+        let client = self.client().await?;
+        // One statement where find_token and then
+        // get_credential_with_counters would be two round trips, each
+        // waking a backend (on a busy machine, the second wake-up is most
+        // of a get's tail).
+        let Some(r) = row(
+            &client,
+            &TOKEN_WITH_CREDENTIAL_SQL,
+            &[&hash.as_slice(), &id],
+        )
+        .await?
+        else {
+            return Ok(None);
+        };
+        let at = TOKEN_WITH_CREDENTIAL_AT;
+        let found = r.try_get::<_, Option<&str>>(at).map_err(pg)?.is_some();
+        Ok(Some(TokenWithCredential {
+            token: token_from_row(&r).map_err(pg)?,
+            tenant: tenant_from_row(&r, 8).map_err(pg)?,
+            credential: found
+                .then(|| credential_with_counters_from_row(&r, at))
+                .transpose()
+                .map_err(pg)?,
+        }))
     }
 
     async fn export_snapshot(

@@ -2062,6 +2062,103 @@ async fn counters_add_up() {
     .await;
 }
 
+/// A bearer's read of one credential finds what `find_token` and then
+/// `get_credential_with_counters` would: the token and its tenant, and the
+/// credential only in that tenant; nothing for an unknown or revoked token.
+#[tokio::test]
+async fn a_token_is_found_with_its_tenants_credential() {
+    each_backend(|s| async move {
+        two_tenants(&s).await;
+        for (tenant, id) in [
+            ("ten_a", "cred_1"),
+            ("ten_a", "cred_2"),
+            ("ten_b", "cred_3"),
+        ] {
+            s.insert_credential(
+                credential(tenant, id, id, "stripe"),
+                vec![],
+                audit(tenant, "credential.create"),
+            )
+            .await
+            .unwrap();
+        }
+        s.add_counters(vec![
+            CounterDelta {
+                credential_id: "cred_1".into(),
+                kind: "webhook".into(),
+                outcome: "accepted".into(),
+                count: 7,
+            },
+            CounterDelta {
+                credential_id: "cred_1".into(),
+                kind: "action".into(),
+                outcome: "duplicate".into(),
+                count: 2,
+            },
+        ])
+        .await
+        .unwrap();
+
+        for id in ["cred_1", "cred_2"] {
+            let found = s
+                .find_token_with_credential(hash(1), id)
+                .await
+                .unwrap()
+                .expect("a live token");
+            assert_eq!(found.token, token("tok_a1", "ten_a", 1));
+            assert_eq!(found.tenant, tenant("ten_a", "Acme"));
+            let (rec, counted) = found.credential.expect("its tenant's credential");
+            let (alone, alone_counted) = s
+                .get_credential_with_counters("ten_a", id)
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(rec, alone, "{id}");
+            assert_eq!(counted, alone_counted, "{id}");
+        }
+        let found = s
+            .find_token_with_credential(hash(1), "cred_1")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(found.credential.unwrap().1.len(), 2, "both counters");
+
+        // Another tenant's credential, or none: the token, without one.
+        for id in ["cred_3", "cred_404"] {
+            let found = s
+                .find_token_with_credential(hash(1), id)
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(found.token.id, "tok_a1");
+            assert!(found.credential.is_none(), "{id}");
+        }
+        let found = s
+            .find_token_with_credential(hash(2), "cred_3")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(found.tenant, tenant("ten_b", "Beta"));
+        assert_eq!(found.credential.unwrap().0.id, "cred_3");
+
+        // An unknown token finds nothing, not even a credential it names.
+        assert!(s
+            .find_token_with_credential(hash(9), "cred_1")
+            .await
+            .unwrap()
+            .is_none());
+        s.revoke_token("ten_a", "tok_a1", t(10), audit("ten_a", "token.revoke"))
+            .await
+            .unwrap();
+        assert!(s
+            .find_token_with_credential(hash(1), "cred_1")
+            .await
+            .unwrap()
+            .is_none());
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn sessions_expire_and_die_with_their_token() {
     each_backend(|s| async move {
