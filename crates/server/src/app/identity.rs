@@ -3,7 +3,9 @@
 use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine};
 use domain::{FieldError, Role};
 use secrecy::{ExposeSecret, SecretString};
-use storage::{AuditEntry, Page, PageRequest, TenantRecord, TokenRecord};
+use storage::{
+    AuditEntry, CounterDelta, CredentialRecord, Page, PageRequest, TenantRecord, TokenRecord,
+};
 
 use super::*;
 
@@ -101,19 +103,7 @@ impl App {
         else {
             return Ok(None);
         };
-        let Some(role) = Role::parse(&token.role) else {
-            return Ok(None);
-        };
-        let principal = Principal {
-            token_id: token.id,
-            token_name: token.name,
-            tenant_id: tenant.id,
-            tenant_name: tenant.name,
-            tenant_is_operator: tenant.is_operator,
-            role,
-            source,
-        };
-        Ok(Some((principal, session.csrf)))
+        Ok(principal(token, tenant, source).map(|p| (p, session.csrf)))
     }
 
     pub async fn sign_out(&self, id: &str) -> AppResult<()> {
@@ -126,24 +116,36 @@ impl App {
         bearer: &str,
         source: Option<String>,
     ) -> AppResult<Option<Principal>> {
-        if !bearer.starts_with(TOKEN_PREFIX) || bearer.len() > 200 {
+        let Some(hash) = bearer_hash(bearer) else {
+            return Ok(None);
+        };
+        let Some((token, tenant)) = self.store.find_token(hash).await? else {
+            return Ok(None);
+        };
+        Ok(principal(token, tenant, source))
+    }
+
+    /// A bearer's read of one credential with its ingress counters, with
+    /// the token's lookup and the read in one store call. `Ok(None)` for an
+    /// unknown or revoked token (as [`App::authenticate`]); a live token
+    /// gets what [`App::credential_with_counters`] would give it.
+    pub async fn credential_with_counters_for_bearer(
+        &self,
+        bearer: &str,
+        source: Option<String>,
+        id: &str,
+    ) -> AppResult<Option<(CredentialRecord, Vec<CounterDelta>)>> {
+        let Some(hash) = bearer_hash(bearer) else {
+            return Ok(None);
+        };
+        let Some(found) = self.store.find_token_with_credential(hash, id).await? else {
+            return Ok(None);
+        };
+        if principal(found.token, found.tenant, source).is_none() {
             return Ok(None);
         }
-        let Some((token, tenant)) = self.store.find_token(crypto::token_hash(bearer)).await? else {
-            return Ok(None);
-        };
-        let Some(role) = Role::parse(&token.role) else {
-            return Ok(None);
-        };
-        Ok(Some(Principal {
-            token_id: token.id,
-            token_name: token.name,
-            tenant_id: tenant.id,
-            tenant_name: tenant.name,
-            tenant_is_operator: tenant.is_operator,
-            role,
-            source,
-        }))
+        let (record, stored) = found.credential.ok_or(AppError::NotFound("credential"))?;
+        Ok(Some((record, self.with_pending_counters(id, stored))))
     }
 
     /// On an installation without tenants, creates the operator tenant and its
@@ -325,4 +327,28 @@ impl App {
             )
             .await?)
     }
+}
+
+/// The stored hash of what may be a management token; `None` for what
+/// cannot be one (no lookup is needed to refuse it).
+fn bearer_hash(bearer: &str) -> Option<[u8; 32]> {
+    (bearer.starts_with(TOKEN_PREFIX) && bearer.len() <= 200).then(|| crypto::token_hash(bearer))
+}
+
+/// The principal of a live token; `None` if its role is not one this
+/// version knows.
+fn principal(
+    token: TokenRecord,
+    tenant: TenantRecord,
+    source: Option<String>,
+) -> Option<Principal> {
+    Some(Principal {
+        role: Role::parse(&token.role)?,
+        token_id: token.id,
+        token_name: token.name,
+        tenant_id: tenant.id,
+        tenant_name: tenant.name,
+        tenant_is_operator: tenant.is_operator,
+        source,
+    })
 }

@@ -519,11 +519,21 @@ impl App {
         p: &Principal,
         id: &str,
     ) -> AppResult<(CredentialRecord, Vec<CounterDelta>)> {
-        let (record, mut all) = self
+        let (record, all) = self
             .store
             .get_credential_with_counters(&p.tenant_id, id)
             .await?
             .ok_or(AppError::NotFound("credential"))?;
+        Ok((record, self.with_pending_counters(id, all)))
+    }
+
+    /// A credential's stored counters plus this process's increments of
+    /// them not yet flushed.
+    pub(crate) fn with_pending_counters(
+        &self,
+        id: &str,
+        mut all: Vec<CounterDelta>,
+    ) -> Vec<CounterDelta> {
         for d in self.counters.pending_for(id) {
             match all
                 .iter_mut()
@@ -533,7 +543,7 @@ impl App {
                 None => all.push(d),
             }
         }
-        Ok((record, all))
+        all
     }
 
     /// Writes pending counter increments; on failure they are kept for the next try.

@@ -1,7 +1,9 @@
 //! Authentication at the edge: `Authorization: Bearer lk_…` for programs, or
 //! the dashboard's session cookie for people. Every `/v1` handler except the
 //! OpenAPI document takes a `Principal`, so no handler can forget to
-//! authenticate. A cookie-authenticated request that changes state must echo
+//! authenticate; the one exception, the read of one credential, takes a
+//! `Caller` and hands its bearer token to an `App` method that looks the
+//! token up in the same store read as the credential. A cookie-authenticated request that changes state must echo
 //! the session's CSRF token in `X-CSRF-Token`.
 
 use std::net::SocketAddr;
@@ -34,7 +36,47 @@ pub fn same_token(a: &str, b: &str) -> bool {
     a.len() == b.len() && bool::from(a.as_bytes().ct_eq(b.as_bytes()))
 }
 
+/// Who is calling, as far as the edge can tell before reading the store: a
+/// bearer token still to be looked up, or the principal of a session
+/// cookie (looked up, CSRF checked). A handler that takes this instead of
+/// a [`Principal`] can fold the token's lookup into its own read, and must
+/// then refuse an unknown token with [`Bearer::rejected`].
+pub enum Caller {
+    Bearer(Bearer),
+    Session(Principal),
+}
+
+/// A bearer token as sent, not yet looked up.
+pub struct Bearer {
+    pub token: String,
+    pub source: Option<String>,
+    address: String,
+}
+
+impl Bearer {
+    /// The answer to a token that is unknown or revoked; counts a failed
+    /// authentication for the address.
+    pub fn rejected(&self, app: &App) -> ApiError {
+        app.auth_failures.failed(&self.address);
+        ApiError::unauthenticated("The token is unknown or has been revoked.")
+    }
+}
+
 impl FromRequestParts<Arc<App>> for Principal {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, app: &Arc<App>) -> Result<Self, ApiError> {
+        match Caller::from_request_parts(parts, app).await? {
+            Caller::Session(principal) => Ok(principal),
+            Caller::Bearer(bearer) => app
+                .authenticate(&bearer.token, bearer.source.clone())
+                .await?
+                .ok_or_else(|| bearer.rejected(app)),
+        }
+    }
+}
+
+impl FromRequestParts<Arc<App>> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, app: &Arc<App>) -> Result<Self, ApiError> {
@@ -55,10 +97,11 @@ impl FromRequestParts<Arc<App>> for Principal {
                 .and_then(|v| v.strip_prefix("Bearer "))
                 .map(str::trim)
                 .ok_or_else(|| failed("The Authorization header must be: Bearer lk_…"))?;
-            return app
-                .authenticate(token, source)
-                .await?
-                .ok_or_else(|| failed("The token is unknown or has been revoked."));
+            return Ok(Caller::Bearer(Bearer {
+                token: token.to_string(),
+                source,
+                address,
+            }));
         }
         let Some(session) = cookie(&parts.headers, SESSION_COOKIE) else {
             return Err(ApiError::unauthenticated(
@@ -84,7 +127,7 @@ impl FromRequestParts<Arc<App>> for Principal {
                 ));
             }
         }
-        Ok(principal)
+        Ok(Caller::Session(principal))
     }
 }
 

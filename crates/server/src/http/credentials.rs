@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use storage::CredentialRecord;
 use utoipa::{IntoParams, ToSchema};
 
+use super::auth::Caller;
 use super::error::{ApiError, JsonBody, PathParam, Problem, QueryParams};
 use super::{if_match, ListOf};
 use crate::app::{
@@ -352,10 +353,18 @@ pub async fn list_credentials(
     security(("bearer" = [])))]
 pub async fn get_credential(
     State(app): State<Arc<App>>,
-    p: Principal,
+    caller: Caller,
     PathParam(id): PathParam<String>,
 ) -> Result<Response, ApiError> {
-    let (record, counters) = app.credential_with_counters(&p, &id).await?;
+    // The hottest read: a bearer's token is looked up in the same store
+    // read as the credential.
+    let (record, counters) = match caller {
+        Caller::Session(p) => app.credential_with_counters(&p, &id).await?,
+        Caller::Bearer(bearer) => app
+            .credential_with_counters_for_bearer(&bearer.token, bearer.source.clone(), &id)
+            .await?
+            .ok_or_else(|| bearer.rejected(&app))?,
+    };
     let mut c = Credential::from_record(&app, record);
     c.ingress = Some(IngressCounters::from_deltas(&counters));
     Ok(with_etag(StatusCode::OK, c))

@@ -11,9 +11,18 @@ use crate::helpers::*;
 #[tokio::test]
 async fn repeated_bad_tokens_and_sign_ins_from_one_address_get_429_with_retry_after() {
     let app = spawn_app_configured(|c| c.auth_failure_limit = 5).await;
-    for n in 0..3 {
+    // Guesses count on every path, the read of one credential included
+    // (it looks its token up with the credential).
+    for (n, path) in [
+        "/v1/credentials",
+        "/v1/credentials/cred_x",
+        "/v1/credentials/cred_x",
+    ]
+    .into_iter()
+    .enumerate()
+    {
         let res = app
-            .req(Method::GET, "/v1/credentials", &format!("lk_guess{n}"))
+            .req(Method::GET, path, &format!("lk_guess{n}"))
             .send()
             .await
             .unwrap();
@@ -52,12 +61,12 @@ async fn repeated_bad_tokens_and_sign_ins_from_one_address_get_429_with_retry_af
         assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
     }
     // Five failures: this address is refused now, even with the right token.
-    for token in ["lk_guess9", app.token.as_str()] {
-        let res = app
-            .req(Method::GET, "/v1/credentials", token)
-            .send()
-            .await
-            .unwrap();
+    for (path, token) in [
+        ("/v1/credentials", "lk_guess9"),
+        ("/v1/credentials", app.token.as_str()),
+        ("/v1/credentials/cred_x", app.token.as_str()),
+    ] {
+        let res = app.req(Method::GET, path, token).send().await.unwrap();
         assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
         let wait: u64 = res.headers()["retry-after"]
             .to_str()

@@ -122,6 +122,15 @@ async fn a_person_signs_in_and_changes_things_only_with_the_page_token() {
         .await
         .unwrap();
     assert_eq!(res.status(), StatusCode::CREATED);
+    // The credential's page reads it back with the cookie.
+    let created: Value = res.json().await.unwrap();
+    let id = created["id"].as_str().unwrap();
+    let res = with_cookie(Method::GET, &format!("/v1/credentials/{id}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(res.json::<Value>().await.unwrap()["name"], "From a page");
     let audit: Value = app.get("/v1/audit").await.json().await.unwrap();
     assert_eq!(
         audit["items"][0]["actor_name"], "initial admin",
@@ -137,14 +146,20 @@ async fn a_person_signs_in_and_changes_things_only_with_the_page_token() {
         .await
         .unwrap();
     assert_eq!(res.status(), StatusCode::SEE_OTHER);
-    assert_eq!(
-        with_cookie(Method::GET, "/v1/credentials")
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        401
-    );
+    for path in [
+        "/v1/credentials".to_string(),
+        format!("/v1/credentials/{id}"),
+    ] {
+        assert_eq!(
+            with_cookie(Method::GET, &path)
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            401,
+            "{path} after sign-out"
+        );
+    }
     let page = no_redirects()
         .get(format!("{}/app/credentials", app.base))
         .header(COOKIE, format!("lk_session={session}"))
