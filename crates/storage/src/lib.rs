@@ -537,9 +537,9 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Option<(CredentialRecord, Vec<CounterDelta>)>>;
     /// A bearer's read of one credential: the live token with this hash and
     /// its tenant, and (when there is one) that tenant's credential `id`
-    /// with its stored counters. PostgreSQL reads both in one round trip,
-    /// where one after the other costs two; elsewhere the default does the
-    /// two reads above.
+    /// with its stored counters: one statement, one round trip
+    /// (PostgreSQL), or one read transaction (SQLite), where the two reads
+    /// above cost two. The default does those two, one after the other.
     async fn find_token_with_credential(
         &self,
         hash: [u8; 32],

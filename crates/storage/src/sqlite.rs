@@ -721,19 +721,7 @@ impl Store for SqliteStore {
     }
 
     async fn find_token(&self, hash: [u8; 32]) -> Result<Option<(TokenRecord, TenantRecord)>> {
-        self.read_point(move |c| {
-            c.prepare_cached(
-                "SELECT k.id, k.tenant_id, k.name, k.role, k.hash, k.created_at, k.created_by, k.revoked_at,
-                        t.id, t.name, t.is_operator, t.created_at
-                 FROM tokens k JOIN tenants t ON t.id = k.tenant_id
-                 WHERE k.hash = ?1 AND k.revoked_at IS NULL",
-            )
-            .and_then(|mut s| {
-                s.query_row([hash.as_slice()], |r| Ok((token_from_row(r)?, tenant_from_row(r, 8)?))).optional()
-            })
-            .map_err(backend)
-        })
-        .await
+        self.read_point(move |c| find_token(c, &hash)).await
     }
 
     async fn insert_credential(
@@ -1563,9 +1551,32 @@ impl Store for SqliteStore {
         // the file locks a read transaction takes instead of two.
         self.read_point(move |c| {
             c.execute_batch("BEGIN").map_err(backend)?;
-            let read = get_credential(c, tenant, id).and_then(|found| match found {
-                Some(rec) => Ok(Some((rec, counters(c, id)?))),
-                None => Ok(None),
+            let read = credential_with_counters(c, tenant, id);
+            c.execute_batch("COMMIT").map_err(backend)?;
+            read
+        })
+        .await
+    }
+
+    async fn find_token_with_credential(
+        &self,
+        hash: [u8; 32],
+        id: &str,
+    ) -> Result<Option<TokenWithCredential>> {
+        // The token and the credential in one read transaction too.
+        self.read_point(move |c| {
+            c.execute_batch("BEGIN").map_err(backend)?;
+            let read = find_token(c, &hash).and_then(|found| {
+                found
+                    .map(|(token, tenant)| {
+                        let credential = credential_with_counters(c, &tenant.id, id)?;
+                        Ok(TokenWithCredential {
+                            token,
+                            tenant,
+                            credential,
+                        })
+                    })
+                    .transpose()
             });
             c.execute_batch("COMMIT").map_err(backend)?;
             read
@@ -1959,6 +1970,36 @@ fn counters(c: &Connection, credential: &str) -> Result<Vec<CounterDelta>> {
     })
     .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
     .map_err(backend)
+}
+
+/// The live token with this hash, and its tenant.
+fn find_token(c: &Connection, hash: &[u8; 32]) -> Result<Option<(TokenRecord, TenantRecord)>> {
+    c.prepare_cached(
+        "SELECT k.id, k.tenant_id, k.name, k.role, k.hash, k.created_at, k.created_by, k.revoked_at,
+                t.id, t.name, t.is_operator, t.created_at
+         FROM tokens k JOIN tenants t ON t.id = k.tenant_id
+         WHERE k.hash = ?1 AND k.revoked_at IS NULL",
+    )
+    .and_then(|mut s| {
+        s.query_row([hash.as_slice()], |r| {
+            Ok((token_from_row(r)?, tenant_from_row(r, 8)?))
+        })
+        .optional()
+    })
+    .map_err(backend)
+}
+
+/// A credential and its stored counters; call it inside a read
+/// transaction, so both are of one snapshot.
+fn credential_with_counters(
+    c: &Connection,
+    tenant: &str,
+    id: &str,
+) -> Result<Option<(CredentialRecord, Vec<CounterDelta>)>> {
+    match get_credential(c, tenant, id)? {
+        Some(rec) => Ok(Some((rec, counters(c, id)?))),
+        None => Ok(None),
+    }
 }
 
 fn get_credential(c: &Connection, tenant: &str, id: &str) -> Result<Option<CredentialRecord>> {
