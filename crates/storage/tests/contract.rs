@@ -2121,7 +2121,28 @@ async fn a_token_is_found_with_its_tenants_credential() {
             .await
             .unwrap()
             .unwrap();
-        assert_eq!(found.credential.unwrap().1.len(), 2, "both counters");
+        let counted: Vec<_> = found
+            .credential
+            .unwrap()
+            .1
+            .into_iter()
+            .map(|d| (d.credential_id, d.kind, d.outcome, d.count))
+            .collect();
+        let expected = |kind: &str, outcome: &str, count: u64| {
+            (
+                "cred_1".to_string(),
+                kind.to_string(),
+                outcome.to_string(),
+                count,
+            )
+        };
+        assert_eq!(
+            counted,
+            [
+                expected("action", "duplicate", 2),
+                expected("webhook", "accepted", 7)
+            ]
+        );
 
         // Another tenant's credential, or none: the token, without one.
         for id in ["cred_3", "cred_404"] {

@@ -110,7 +110,8 @@ impl App {
         Ok(self.store.delete_session(crypto::token_hash(id)).await?)
     }
 
-    /// Resolves a bearer token to its principal; `None` for an unknown or revoked token.
+    /// Resolves a bearer token to its principal; `None` for a token
+    /// unknown, revoked, malformed, or of a role this version does not know.
     pub async fn authenticate(
         &self,
         bearer: &str,
@@ -126,13 +127,13 @@ impl App {
     }
 
     /// A bearer's read of one credential with its ingress counters, with
-    /// the token's lookup and the read in one store call. `Ok(None)` for an
-    /// unknown or revoked token (as [`App::authenticate`]); a live token
+    /// the token's lookup and the read in one store call. `Ok(None)` for
+    /// what [`App::authenticate`] refuses (a token unknown, revoked,
+    /// malformed, or of a role this version does not know); a live token
     /// gets what [`App::credential_with_counters`] would give it.
     pub async fn credential_with_counters_for_bearer(
         &self,
         bearer: &str,
-        source: Option<String>,
         id: &str,
     ) -> AppResult<Option<(CredentialRecord, Vec<CounterDelta>)>> {
         let Some(hash) = bearer_hash(bearer) else {
@@ -141,7 +142,7 @@ impl App {
         let Some(found) = self.store.find_token_with_credential(hash, id).await? else {
             return Ok(None);
         };
-        if principal(found.token, found.tenant, source).is_none() {
+        if Role::parse(&found.token.role).is_none() {
             return Ok(None);
         }
         let (record, stored) = found.credential.ok_or(AppError::NotFound("credential"))?;

@@ -1,20 +1,23 @@
 //! Authentication at the edge: `Authorization: Bearer lk_…` for programs, or
 //! the dashboard's session cookie for people. Every `/v1` handler except the
-//! OpenAPI document takes a `Principal`, so no handler can forget to
-//! authenticate; the one exception, the read of one credential, takes a
-//! `Caller` and hands its bearer token to an `App` method that looks the
-//! token up in the same store read as the credential. A cookie-authenticated request that changes state must echo
-//! the session's CSRF token in `X-CSRF-Token`.
+//! OpenAPI document authenticates through an extractor: most take a
+//! `Principal`; the read of one credential takes a `Caller`, whose bearer
+//! token only `Bearer::authenticate` can use, so that read can look the
+//! token up together with the credential. A cookie-authenticated request
+//! that changes state must echo the session's CSRF token in
+//! `X-CSRF-Token`.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::extract::{ConnectInfo, FromRequestParts};
 use axum::http::{header, request::Parts, HeaderMap, Method, StatusCode};
+use secrecy::{ExposeSecret, SecretString};
 use subtle::ConstantTimeEq;
 
 use super::error::ApiError;
-use crate::app::{App, AppError, Principal};
+use crate::app::{App, AppError, AppResult, Principal};
 
 pub const SESSION_COOKIE: &str = "lk_session";
 pub const CSRF_HEADER: &str = "x-csrf-token";
@@ -39,8 +42,9 @@ pub fn same_token(a: &str, b: &str) -> bool {
 /// Who is calling, as far as the edge can tell before reading the store: a
 /// bearer token still to be looked up, or the principal of a session
 /// cookie (looked up, CSRF checked). A handler that takes this instead of
-/// a [`Principal`] can fold the token's lookup into its own read, and must
-/// then refuse an unknown token with [`Bearer::rejected`].
+/// a [`Principal`] can fold the token's lookup into its own read; the token
+/// is usable only through [`Bearer::authenticate`], which refuses and
+/// counts what its lookup does not find.
 pub enum Caller {
     Bearer(Bearer),
     Session(Principal),
@@ -48,17 +52,38 @@ pub enum Caller {
 
 /// A bearer token as sent, not yet looked up.
 pub struct Bearer {
-    pub token: String,
-    pub source: Option<String>,
+    token: SecretString,
+    source: Option<String>,
     address: String,
 }
 
 impl Bearer {
-    /// The answer to a token that is unknown or revoked; counts a failed
-    /// authentication for the address.
-    pub fn rejected(&self, app: &App) -> ApiError {
-        app.auth_failures.failed(&self.address);
-        ApiError::unauthenticated("The token is unknown or has been revoked.")
+    /// Runs `lookup` with the token and the caller's address. What it does
+    /// not find (`None`: a token unknown, revoked, malformed, or of a role
+    /// this version does not know) is refused with 401 and counted as a
+    /// failed authentication for the address.
+    pub async fn authenticate<T, F, Fut>(self, app: &App, lookup: F) -> Result<T, ApiError>
+    where
+        F: FnOnce(SecretString, Option<String>) -> Fut,
+        Fut: Future<Output = AppResult<Option<T>>>,
+    {
+        match lookup(self.token, self.source).await? {
+            Some(found) => Ok(found),
+            None => {
+                app.auth_failures.failed(&self.address);
+                Err(ApiError::unauthenticated(
+                    "The token is unknown or has been revoked.",
+                ))
+            }
+        }
+    }
+
+    /// The token's principal, as the [`Principal`] extractor finds it.
+    pub async fn into_principal(self, app: &App) -> Result<Principal, ApiError> {
+        self.authenticate(app, |token, source| async move {
+            app.authenticate(token.expose_secret(), source).await
+        })
+        .await
     }
 }
 
@@ -68,10 +93,7 @@ impl FromRequestParts<Arc<App>> for Principal {
     async fn from_request_parts(parts: &mut Parts, app: &Arc<App>) -> Result<Self, ApiError> {
         match Caller::from_request_parts(parts, app).await? {
             Caller::Session(principal) => Ok(principal),
-            Caller::Bearer(bearer) => app
-                .authenticate(&bearer.token, bearer.source.clone())
-                .await?
-                .ok_or_else(|| bearer.rejected(app)),
+            Caller::Bearer(bearer) => bearer.into_principal(app).await,
         }
     }
 }
@@ -98,7 +120,7 @@ impl FromRequestParts<Arc<App>> for Caller {
                 .map(str::trim)
                 .ok_or_else(|| failed("The Authorization header must be: Bearer lk_…"))?;
             return Ok(Caller::Bearer(Bearer {
-                token: token.to_string(),
+                token: SecretString::from(token.to_string()),
                 source,
                 address,
             }));

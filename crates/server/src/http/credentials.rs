@@ -10,7 +10,7 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use domain::credential::{Draft, ParamInput, API_KEY_FIELD};
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use storage::CredentialRecord;
 use utoipa::{IntoParams, ToSchema};
@@ -354,16 +354,30 @@ pub async fn list_credentials(
 pub async fn get_credential(
     State(app): State<Arc<App>>,
     caller: Caller,
-    PathParam(id): PathParam<String>,
+    id: Result<PathParam<String>, ApiError>,
 ) -> Result<Response, ApiError> {
     // The hottest read: a bearer's token is looked up in the same store
     // read as the credential.
     let (record, counters) = match caller {
-        Caller::Session(p) => app.credential_with_counters(&p, &id).await?,
-        Caller::Bearer(bearer) => app
-            .credential_with_counters_for_bearer(&bearer.token, bearer.source.clone(), &id)
-            .await?
-            .ok_or_else(|| bearer.rejected(&app))?,
+        Caller::Session(p) => app.credential_with_counters(&p, &id?.0).await?,
+        Caller::Bearer(bearer) => {
+            let id = match id {
+                Ok(PathParam(id)) => id,
+                Err(bad_path) => {
+                    // As on every other path: the token first.
+                    bearer.into_principal(&app).await?;
+                    return Err(bad_path);
+                }
+            };
+            let reader = app.clone();
+            bearer
+                .authenticate(&app, |token, _| async move {
+                    reader
+                        .credential_with_counters_for_bearer(token.expose_secret(), &id)
+                        .await
+                })
+                .await?
+        }
     };
     let mut c = Credential::from_record(&app, record);
     c.ingress = Some(IngressCounters::from_deltas(&counters));

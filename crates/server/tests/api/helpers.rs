@@ -211,6 +211,30 @@ impl TestApp {
         self.dir.path().join("latchkey.db")
     }
 
+    /// Runs SQL on the server's database behind its back, for a state the
+    /// API cannot make: on the SQLite file, or in the test's PostgreSQL
+    /// schema.
+    pub async fn execute_sql(&self, sql: &str) {
+        match postgres_url() {
+            None => {
+                let db = rusqlite::Connection::open(self.db_path()).unwrap();
+                db.busy_timeout(std::time::Duration::from_secs(5)).unwrap();
+                db.execute_batch(sql).unwrap();
+            }
+            Some(url) => {
+                let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+                    .await
+                    .unwrap();
+                tokio::spawn(connection);
+                let schema = schema_of(self.dir.path());
+                client
+                    .batch_execute(&format!("SET search_path TO {schema}; {sql}"))
+                    .await
+                    .unwrap();
+            }
+        }
+    }
+
     pub fn req(&self, method: Method, path: &str, token: &str) -> RequestBuilder {
         self.client
             .request(method, format!("{}{path}", self.base))

@@ -308,3 +308,46 @@ async fn health_and_readiness_answer_without_a_token() {
     }
     app.stop().await;
 }
+
+/// A live token whose role this version does not know (one a newer version
+/// wrote, say) is refused like an unknown one: 401 wherever it is sent,
+/// the read of one credential (which looks the token up with it) included.
+#[tokio::test]
+async fn a_token_of_a_role_this_version_does_not_know_is_refused() {
+    let app = spawn_app().await;
+    let id = app.create(&stripe("Readable")).await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let issued: Value = app
+        .post("/v1/tokens", &json!({ "name": "future", "role": "viewer" }))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let token = issued["token"].as_str().unwrap();
+    let paths = [
+        "/v1/credentials".to_string(),
+        format!("/v1/credentials/{id}"),
+    ];
+    for path in &paths {
+        let res = app.req(Method::GET, path, token).send().await.unwrap();
+        assert_eq!(res.status(), StatusCode::OK, "{path} as a viewer");
+    }
+    // An id no credential can have is 404 to a live token...
+    let bad_id = "/v1/credentials/%00".to_string();
+    let res = app.req(Method::GET, &bad_id, token).send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::NOT_FOUND);
+    app.execute_sql(&format!(
+        "UPDATE tokens SET role = 'auditor' WHERE id = '{}'",
+        issued["id"].as_str().unwrap()
+    ))
+    .await;
+    // ...and, like every other path, 401 to a refused one.
+    for path in paths.iter().chain([&bad_id]) {
+        let res = app.req(Method::GET, path, token).send().await.unwrap();
+        assert_eq!(res.status(), StatusCode::UNAUTHORIZED, "{path}");
+        let problem: Value = res.json().await.unwrap();
+        assert_eq!(problem["code"], "unauthenticated", "{path}");
+    }
+}

@@ -26,7 +26,12 @@ async fn repeated_bad_tokens_and_sign_ins_from_one_address_get_429_with_retry_af
             .send()
             .await
             .unwrap();
-        assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(res.status(), StatusCode::UNAUTHORIZED, "{path}");
+        let problem: Value = res.json().await.unwrap();
+        assert_eq!(
+            problem["detail"], "The token is unknown or has been revoked.",
+            "{path}"
+        );
     }
     // A good token in between is fine, and does not reset the count.
     assert_eq!(app.get("/v1/credentials").await.status(), 200);
