@@ -176,6 +176,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     runtime.block_on(async move {
+        // The handlers are installed before anything is printed: a SIGTERM
+        // sent as soon as `ready in` appears must drain, not kill.
+        let shutdown = shutdown_signal()?;
         let config = server::Config {
             public_url: args.public_url,
             master_key,
@@ -187,7 +190,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             ingress_limit: args.ingress_limit,
             ..server::Config::new(args.listen, args.data_dir)
         };
-        let (report, serving) = match server::start(config, shutdown_signal()).await {
+        let (report, serving) = match server::start(config, shutdown).await {
             Ok(started) => started,
             Err(e) => {
                 eprintln!("latchkey: cannot start: {e:#}");
@@ -367,14 +370,20 @@ fn init_logging(format: &str) {
     }
 }
 
-async fn shutdown_signal() {
+/// Installs the SIGTERM and SIGINT handlers now, and returns the future that
+/// resolves on the first of them. Installing lazily, on the future's first
+/// poll, would leave a window after the banner in which SIGTERM still kills.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {},
-        _ = term.recv() => {},
-    }
-    eprintln!("latchkey: shutting down, finishing requests in flight");
+    let mut term = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = interrupt.recv() => {},
+            _ = term.recv() => {},
+        }
+        eprintln!("latchkey: shutting down, finishing requests in flight");
+    })
 }
 
 #[cfg(test)]

@@ -113,3 +113,18 @@ fn first_start_creates_the_key_and_admin_token_and_later_starts_check_the_key() 
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("LATCHKEY_MASTER_KEY"));
 }
+
+/// A SIGTERM sent the moment the banner says `ready in` drains and exits 0.
+/// The handlers were once installed only after the banner, and a signal in
+/// that gap killed the process; the gap is narrow, so this tries many times.
+#[test]
+fn a_sigterm_right_after_ready_drains_and_exits_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    for attempt in 0..20 {
+        let mut server = start(&data, None);
+        sigterm(&server.child);
+        let status = server.child.wait().unwrap();
+        assert!(status.success(), "attempt {attempt}: {status}");
+    }
+}
