@@ -152,6 +152,10 @@ struct RunArgs {
         default_value = "postgres://postgres@127.0.0.1:5432/test"
     )]
     database_url: String,
+    /// The server's PostgreSQL pool (`latchkey serve --database-pool-size`);
+    /// the server's default when left out.
+    #[arg(long)]
+    database_pool_size: Option<u16>,
     /// Keep the data dir, the server's log and the PostgreSQL schema, for a
     /// closer look (a profiler, a query plan).
     #[arg(long)]
@@ -342,6 +346,7 @@ async fn bench(run: &RunArgs, binary: &Path) -> anyhow::Result<(Vec<Row>, Value)
         data_dir: scratch.path().join("data"),
         postgres: (run.backend == Backend::Postgres)
             .then(|| (run.database_url.clone(), schema.clone())),
+        pool_size: run.database_pool_size,
     };
     let before = cpu::Sample::now()?;
     let load_before = cpu::load_average();
@@ -940,6 +945,7 @@ fn write_json(run: &RunArgs, rows: &[Row], facts: Value) -> anyhow::Result<Vec<P
         "backend": run.backend.name(),
         "scale": run.scale,
         "clients": run.clients,
+        "database_pool_size": run.database_pool_size,
         "smoke": run.smoke,
         "release_build": !cfg!(debug_assertions),
         "finished_at": now.to_rfc3339(),

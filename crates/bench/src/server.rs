@@ -23,6 +23,7 @@ const SERVE_ENV: &[&str] = &[
     "LATCHKEY_OUTBOUND_TIMEOUT",
     "LATCHKEY_DATABASE_URL",
     "LATCHKEY_DATABASE_SCHEMA",
+    "LATCHKEY_DATABASE_POOL_SIZE",
     "LATCHKEY_AUTH_FAILURE_LIMIT",
     "LATCHKEY_INGRESS_LIMIT",
     "LATCHKEY_LOG_FORMAT",
@@ -36,6 +37,8 @@ const SERVE_ENV: &[&str] = &[
 pub struct Site {
     pub data_dir: PathBuf,
     pub postgres: Option<(String, String)>,
+    /// `--database-pool-size`, when not the server's default.
+    pub pool_size: Option<u16>,
 }
 
 pub struct ServerProcess {
@@ -73,6 +76,9 @@ impl ServerProcess {
             .args(["--ingress-limit", "0", "--auth-failure-limit", "0"]);
         if let Some((url, schema)) = &site.postgres {
             cmd.args(["--database-url", url, "--database-schema", schema]);
+            if let Some(size) = site.pool_size {
+                cmd.arg("--database-pool-size").arg(size.to_string());
+            }
         }
         for v in SERVE_ENV {
             cmd.env_remove(v);

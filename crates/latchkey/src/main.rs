@@ -97,6 +97,13 @@ struct ServeArgs {
     /// The PostgreSQL schema to use (created if missing).
     #[arg(long, env = "LATCHKEY_DATABASE_SCHEMA", requires = "database_url")]
     database_schema: Option<String>,
+    /// Most connections this replica opens to PostgreSQL. Every replica
+    /// opens its own, so keep replicas × this under the server's
+    /// `max_connections` (100 by default).
+    #[arg(long, default_value_t = server::DEFAULT_DATABASE_POOL_SIZE as u16,
+          env = "LATCHKEY_DATABASE_POOL_SIZE", requires = "database_url",
+          value_parser = clap::value_parser!(u16).range(1..=1000))]
+    database_pool_size: u16,
     /// Failed sign-ins or bad tokens an address may send per minute; past
     /// that it gets 429 until the minute is over. 0 turns it off.
     #[arg(long, default_value_t = server::app::DEFAULT_AUTH_FAILURES, env = "LATCHKEY_AUTH_FAILURE_LIMIT")]
@@ -185,6 +192,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             allow_outbound: args.allow_outbound,
             database_url: args.database_url,
             database_schema: args.database_schema,
+            database_pool_size: usize::from(args.database_pool_size),
             outbound_timeout: std::time::Duration::from_secs(args.outbound_timeout_secs),
             auth_failure_limit: args.auth_failure_limit,
             ingress_limit: args.ingress_limit,

@@ -128,3 +128,32 @@ fn a_sigterm_right_after_ready_drains_and_exits_cleanly() {
         assert!(status.success(), "attempt {attempt}: {status}");
     }
 }
+
+/// The PostgreSQL pool size is refused, before anything is created, without
+/// a PostgreSQL database to size it for, and outside 1..=1000.
+#[test]
+fn a_pool_size_without_postgres_or_out_of_range_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+
+    let out = serve(&data, None)
+        .args(["--database-pool-size", "4"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--database-url"), "{err}");
+
+    let out = serve(&data, None)
+        .args(["--database-url", "postgres://postgres@127.0.0.1:1/none"])
+        .args(["--database-pool-size", "0"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--database-pool-size") && err.contains("1..=1000"),
+        "{err}"
+    );
+    assert!(!data.exists(), "a refused start created the data dir");
+}

@@ -20,6 +20,9 @@ use storage::{PostgresStore, SqliteStore, Store};
 pub use app::App;
 pub use crypto::KeySource;
 
+/// Most connections a replica opens to PostgreSQL unless told otherwise.
+pub const DEFAULT_DATABASE_POOL_SIZE: usize = PostgresStore::DEFAULT_POOL_SIZE;
+
 /// How `latchkey serve` runs.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -40,6 +43,8 @@ pub struct Config {
     /// The PostgreSQL schema to live in (created if missing); `None` for the
     /// connection's default.
     pub database_schema: Option<String>,
+    /// Most connections this replica opens to PostgreSQL.
+    pub database_pool_size: usize,
     /// Failed authentications an address may make per minute before it is
     /// refused (429) for the rest of that minute; 0 turns it off.
     pub auth_failure_limit: u32,
@@ -60,6 +65,7 @@ impl Config {
             outbound_timeout: Duration::from_secs(10),
             database_url: None,
             database_schema: None,
+            database_pool_size: DEFAULT_DATABASE_POOL_SIZE,
             auth_failure_limit: app::DEFAULT_AUTH_FAILURES,
             ingress_limit: app::DEFAULT_INGRESS_PER_SECOND,
         }
@@ -301,11 +307,13 @@ async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
             Ok(Arc::new(store))
         }
         Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
-            let store = match config.database_schema.as_deref() {
-                Some(schema) => PostgresStore::connect_in_schema(url, schema).await,
-                None => PostgresStore::connect(url).await,
-            }
-            .context("cannot open the PostgreSQL database")?;
+            let store = PostgresStore::open_unmigrated(url, config.database_schema.as_deref())
+                .context("cannot open the PostgreSQL database")?
+                .with_pool_size(config.database_pool_size);
+            store
+                .migrate()
+                .await
+                .context("cannot open the PostgreSQL database")?;
             Ok(Arc::new(store))
         }
         Some(_) => {

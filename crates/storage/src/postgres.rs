@@ -71,9 +71,6 @@ const MIGRATIONS: &[(i32, &str)] = &[
 /// `CREATE EXTENSION` from racing).
 const MIGRATION_LOCK: i64 = 0x6c61_7463_686b_6579;
 
-/// Most connections the pool opens.
-const POOL_SIZE: usize = 16;
-
 /// How long connecting may take when the URL does not say.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -167,6 +164,10 @@ fn like_escape(s: &str) -> String {
 }
 
 impl PostgresStore {
+    /// Most connections a replica's pool opens unless told otherwise
+    /// ([`PostgresStore::with_pool_size`]).
+    pub const DEFAULT_POOL_SIZE: usize = 16;
+
     /// Connects and applies the migrations that are not yet applied.
     pub async fn connect(url: &str) -> Result<PostgresStore> {
         let store = Self::open_unmigrated(url, None)?;
@@ -210,7 +211,7 @@ impl PostgresStore {
             },
         );
         let pool = Pool::builder(manager)
-            .max_size(POOL_SIZE)
+            .max_size(Self::DEFAULT_POOL_SIZE)
             .build()
             .map_err(|e| backend(&e))?;
         Ok(PostgresStore {
@@ -219,6 +220,14 @@ impl PostgresStore {
             events: OnceLock::new(),
             creates: OnceLock::new(),
         })
+    }
+
+    /// The same store with at most `size` connections (at least 1): each
+    /// replica opens its own pool, so replicas × size must stay under the
+    /// server's `max_connections`. Call before the store is shared.
+    pub fn with_pool_size(self, size: usize) -> PostgresStore {
+        self.pool.resize(size.max(1));
+        self
     }
 
     /// Applies the migrations not yet applied, in one transaction under the

@@ -3138,3 +3138,74 @@ async fn postgres_creates_together_answer_each_as_alone() {
     })
     .await;
 }
+
+/// A PostgreSQL store opens no more connections than its pool size, however
+/// many calls run at once, and a pool of one still serves them all: no call
+/// holds a connection while it waits for another.
+#[tokio::test]
+async fn a_postgres_pool_opens_no_more_connections_than_its_size() {
+    let Some(schema) = postgres_or_skip().await else {
+        return;
+    };
+    let name = schema.name.clone();
+    let counter = Schema::new().await.unwrap().admin;
+    schema
+        .run(async move {
+            for size in [1usize, 3] {
+                // The connections of this store, and only these, carry this name.
+                let app = format!("pool{size}_{name}");
+                let url = postgres_url();
+                let sep = if url.contains('?') { '&' } else { '?' };
+                let url = format!("{url}{sep}application_name={app}");
+                let store = PostgresStore::open_unmigrated(&url, Some(&name))
+                    .unwrap()
+                    .with_pool_size(size);
+                store.migrate().await.unwrap();
+                let s: Arc<dyn Store> = Arc::new(store);
+                if size == 1 {
+                    two_tenants(&s).await;
+                }
+                let mut calls = JoinSet::new();
+                for n in 0..32 {
+                    let s = s.clone();
+                    calls.spawn(async move {
+                        if n % 4 == 0 {
+                            let id = format!("cred_p{size}_{n}");
+                            s.insert_credential(
+                                credential("ten_a", &id, &id, "stripe"),
+                                vec![secret("api_key", b"k")],
+                                audit("ten_a", "credential.create"),
+                            )
+                            .await
+                            .map(|_| ())
+                        } else {
+                            s.find_token(hash(1)).await.map(|found| {
+                                assert_eq!(found.unwrap().0.id, "tok_a1");
+                            })
+                        }
+                    });
+                }
+                let all = async {
+                    while let Some(joined) = calls.join_next().await {
+                        joined.unwrap().unwrap();
+                    }
+                };
+                tokio::time::timeout(std::time::Duration::from_secs(60), all)
+                    .await
+                    .unwrap_or_else(|_| panic!("a pool of {size} stalled"));
+                let open: i64 = counter
+                    .query_one(
+                        "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1",
+                        &[&app],
+                    )
+                    .await
+                    .unwrap()
+                    .get(0);
+                assert!(
+                    (1..=size as i64).contains(&open),
+                    "a pool of {size} has {open} connections open"
+                );
+            }
+        })
+        .await;
+}
