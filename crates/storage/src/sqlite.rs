@@ -2017,6 +2017,29 @@ fn get_credential(c: &Connection, tenant: &str, id: &str) -> Result<Option<Crede
 mod tests {
     use super::*;
 
+    /// The bundled SQLite is built with `.cargo/config.toml`'s flags: no
+    /// page cache shared by every connection behind one mutex, and no
+    /// memory statistics behind another (a build run from outside the
+    /// workspace would miss that file).
+    #[test]
+    fn the_bundled_sqlite_has_no_process_wide_page_cache_or_memory_statistics() {
+        let conn = Connection::open_in_memory().unwrap();
+        let mut stmt = conn.prepare("PRAGMA compile_options").unwrap();
+        let options: Vec<String> = stmt
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<std::result::Result<_, _>>()
+            .unwrap();
+        assert!(
+            options.iter().any(|o| o == "DEFAULT_MEMSTATUS=0"),
+            "{options:?}"
+        );
+        assert!(
+            !options.iter().any(|o| o == "ENABLE_MEMORY_MANAGEMENT"),
+            "{options:?}"
+        );
+    }
+
     /// A write transaction an earlier batch left open (its ROLLBACK failed)
     /// is rolled back before the next batch begins, instead of failing that
     /// BEGIN and every one after it.
