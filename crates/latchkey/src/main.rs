@@ -97,12 +97,14 @@ struct ServeArgs {
     /// The PostgreSQL schema to use (created if missing).
     #[arg(long, env = "LATCHKEY_DATABASE_SCHEMA", requires = "database_url")]
     database_schema: Option<String>,
-    /// Most connections this replica opens to PostgreSQL. Every replica
-    /// opens its own, so keep replicas × this under the server's
-    /// `max_connections` (100 by default).
+    /// Most connections this replica opens to PostgreSQL (at least 2).
+    /// Every replica opens its own, so keep replicas × this under the
+    /// server's `max_connections` less its `superuser_reserved_connections`
+    /// (100 and 3 by default).
     #[arg(long, default_value_t = server::DEFAULT_DATABASE_POOL_SIZE as u16,
           env = "LATCHKEY_DATABASE_POOL_SIZE", requires = "database_url",
-          value_parser = clap::value_parser!(u16).range(1..=1000))]
+          value_parser = clap::value_parser!(u16)
+              .range(server::MIN_DATABASE_POOL_SIZE as i64..=1000))]
     database_pool_size: u16,
     /// Failed sign-ins or bad tokens an address may send per minute; past
     /// that it gets 429 until the minute is over. 0 turns it off.
@@ -183,9 +185,10 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     runtime.block_on(async move {
-        // The handlers are installed before anything is printed: a SIGTERM
-        // sent as soon as `ready in` appears must drain, not kill.
-        let shutdown = shutdown_signal()?;
+        // The handlers are installed before start-up: a signal during it
+        // stops the process there, and one sent as soon as `ready in`
+        // appears drains, as any later one does.
+        let stop = stop_on_signal()?;
         let config = server::Config {
             public_url: args.public_url,
             master_key,
@@ -198,7 +201,24 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             ingress_limit: args.ingress_limit,
             ..server::Config::new(args.listen, args.data_dir)
         };
-        let (report, serving) = match server::start(config, shutdown).await {
+        let draining = {
+            let stop = stop.clone();
+            async move {
+                stopped(stop).await;
+                eprintln!("latchkey: shutting down, finishing requests in flight");
+            }
+        };
+        // Start-up can wait a long time (another replica's migration holds
+        // the lock): a signal then ends it where it is, which is safe, as
+        // every migration and write is one transaction.
+        let started = tokio::select! {
+            started = server::start(config, draining) => started,
+            () = stopped(stop) => {
+                eprintln!("latchkey: stopped by a signal before start-up finished");
+                std::process::exit(0);
+            }
+        };
+        let (report, serving) = match started {
             Ok(started) => started,
             Err(e) => {
                 eprintln!("latchkey: cannot start: {e:#}");
@@ -378,20 +398,27 @@ fn init_logging(format: &str) {
     }
 }
 
-/// Installs the SIGTERM and SIGINT handlers now, and returns the future that
-/// resolves on the first of them. Installing lazily, on the future's first
-/// poll, would leave a window after the banner in which SIGTERM still kills.
-fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
+/// Installs the SIGTERM and SIGINT handlers now and returns a flag that
+/// turns true on the first of them. Installing them lazily, on a future's
+/// first poll, would leave the default action (death) in place until then.
+fn stop_on_signal() -> anyhow::Result<tokio::sync::watch::Receiver<bool>> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate())?;
     let mut interrupt = signal(SignalKind::interrupt())?;
-    Ok(async move {
+    let (raise, flag) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
         tokio::select! {
             _ = interrupt.recv() => {},
             _ = term.recv() => {},
         }
-        eprintln!("latchkey: shutting down, finishing requests in flight");
-    })
+        let _ = raise.send(true);
+    });
+    Ok(flag)
+}
+
+/// Resolves once [`stop_on_signal`]'s flag is up.
+async fn stopped(mut flag: tokio::sync::watch::Receiver<bool>) {
+    let _ = flag.wait_for(|up| *up).await;
 }
 
 #[cfg(test)]

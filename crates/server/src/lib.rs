@@ -22,6 +22,8 @@ pub use crypto::KeySource;
 
 /// Most connections a replica opens to PostgreSQL unless told otherwise.
 pub const DEFAULT_DATABASE_POOL_SIZE: usize = PostgresStore::DEFAULT_POOL_SIZE;
+/// The fewest connections a replica's PostgreSQL pool can work with.
+pub const MIN_DATABASE_POOL_SIZE: usize = PostgresStore::MIN_POOL_SIZE;
 
 /// How `latchkey serve` runs.
 #[derive(Debug, Clone)]
@@ -307,9 +309,12 @@ async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
             Ok(Arc::new(store))
         }
         Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
-            let store = PostgresStore::open_unmigrated(url, config.database_schema.as_deref())
-                .context("cannot open the PostgreSQL database")?
-                .with_pool_size(config.database_pool_size);
+            let store = PostgresStore::open_unmigrated_with_pool(
+                url,
+                config.database_schema.as_deref(),
+                config.database_pool_size,
+            )
+            .context("cannot open the PostgreSQL database")?;
             store
                 .migrate()
                 .await

@@ -165,8 +165,12 @@ fn like_escape(s: &str) -> String {
 
 impl PostgresStore {
     /// Most connections a replica's pool opens unless told otherwise
-    /// ([`PostgresStore::with_pool_size`]).
+    /// ([`PostgresStore::open_unmigrated_with_pool`]).
     pub const DEFAULT_POOL_SIZE: usize = 16;
+
+    /// The smallest pool that works: the ingress writers keep one
+    /// connection for good, and every other call needs another.
+    pub const MIN_POOL_SIZE: usize = 2;
 
     /// Connects and applies the migrations that are not yet applied.
     pub async fn connect(url: &str) -> Result<PostgresStore> {
@@ -187,6 +191,18 @@ impl PostgresStore {
     /// [`PostgresStore::migration_status`] without changing anything. Its
     /// other methods need the schema that [`PostgresStore::migrate`] makes.
     pub fn open_unmigrated(url: &str, schema: Option<&str>) -> Result<PostgresStore> {
+        Self::open_unmigrated_with_pool(url, schema, Self::DEFAULT_POOL_SIZE)
+    }
+
+    /// [`PostgresStore::open_unmigrated`] with at most `pool_size`
+    /// connections (at least [`PostgresStore::MIN_POOL_SIZE`]). Each replica
+    /// opens its own pool, so replicas × `pool_size` must stay under the
+    /// server's `max_connections`.
+    pub fn open_unmigrated_with_pool(
+        url: &str,
+        schema: Option<&str>,
+        pool_size: usize,
+    ) -> Result<PostgresStore> {
         let mut config: tokio_postgres::Config = url.parse().map_err(pg)?;
         if let Some(schema) = schema {
             check_schema_name(schema)?;
@@ -211,7 +227,7 @@ impl PostgresStore {
             },
         );
         let pool = Pool::builder(manager)
-            .max_size(Self::DEFAULT_POOL_SIZE)
+            .max_size(pool_size.max(Self::MIN_POOL_SIZE))
             .build()
             .map_err(|e| backend(&e))?;
         Ok(PostgresStore {
@@ -220,14 +236,6 @@ impl PostgresStore {
             events: OnceLock::new(),
             creates: OnceLock::new(),
         })
-    }
-
-    /// The same store with at most `size` connections (at least 1): each
-    /// replica opens its own pool, so replicas × size must stay under the
-    /// server's `max_connections`. Call before the store is shared.
-    pub fn with_pool_size(self, size: usize) -> PostgresStore {
-        self.pool.resize(size.max(1));
-        self
     }
 
     /// Applies the migrations not yet applied, in one transaction under the

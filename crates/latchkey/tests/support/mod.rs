@@ -55,6 +55,7 @@ pub fn start(data_dir: &Path, extra: &[&str]) -> Server {
         .env_remove("LATCHKEY_MASTER_KEY")
         .env_remove("LATCHKEY_DATABASE_URL")
         .env_remove("LATCHKEY_DATABASE_SCHEMA")
+        .env_remove("LATCHKEY_DATABASE_POOL_SIZE")
         .stdout(Stdio::piped())
         .stderr(log_file)
         .spawn()
@@ -103,6 +104,11 @@ pub struct PgSchema {
 }
 
 impl PgSchema {
+    /// A connection of the test's own, outside the schema.
+    pub fn admin(&self) -> &tokio_postgres::Client {
+        &self.admin
+    }
+
     pub async fn drop_schema(self) {
         self.admin
             .batch_execute(&format!("DROP SCHEMA IF EXISTS {} CASCADE", self.name))
