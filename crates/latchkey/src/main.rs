@@ -209,13 +209,23 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             }
         };
         // Start-up can wait a long time (another replica's migration holds
-        // the lock): a signal then ends it where it is, which is safe, as
-        // every migration and write is one transaction.
+        // the lock). On a signal it gets one more second, so that a first
+        // start that has just stored its admin token still prints it (and
+        // then drains at once); past that it ends where it is, which leaves
+        // nothing half-done: migrations and writes are transactions.
+        let start = server::start(config, draining);
+        tokio::pin!(start);
         let started = tokio::select! {
-            started = server::start(config, draining) => started,
+            biased;
+            started = &mut start => started,
             () = stopped(stop) => {
-                eprintln!("latchkey: stopped by a signal before start-up finished");
-                std::process::exit(0);
+                match tokio::time::timeout(std::time::Duration::from_secs(1), &mut start).await {
+                    Ok(started) => started,
+                    Err(_) => {
+                        eprintln!("latchkey: stopped by a signal before start-up finished");
+                        std::process::exit(0);
+                    }
+                }
             }
         };
         let (report, serving) = match started {
