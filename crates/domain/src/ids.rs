@@ -14,8 +14,7 @@ use std::sync::{Mutex, PoisonError};
 use ulid::Ulid;
 
 /// The largest step past the last id: 40 random bits, so guessing the id
-/// made after a known one takes about 2^39 tries, while 2^40 ids in one
-/// millisecond still fit in the 80 random bits of a ULID.
+/// made after a known one takes about 2^39 tries.
 const STEP_BITS: u32 = 40;
 
 /// The last id this process made.
