@@ -1,7 +1,8 @@
 //! The machine's own limits, measured in the same run as the scenarios: the
 //! disk's fsync rate (durability floor), one core's rate of bare AEAD opens
-//! (crypto floor), and an empty axum handler on the server's runtime
-//! settings (HTTP floor). Nothing here knows Latchkey.
+//! (crypto floor), an empty axum handler on the server's runtime settings
+//! (HTTP floor), and how often the machine takes a busy core away (pause
+//! floor). Nothing here knows Latchkey.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
@@ -23,6 +24,7 @@ pub struct Floors {
     pub http_p99: f64,
     pub http1_p50: f64,
     pub http1_p99: f64,
+    pub pauses: Pauses,
 }
 
 /// Measures every floor: fsync in `dir`'s filesystem, AEAD opens, and the
@@ -33,6 +35,11 @@ pub async fn measure(dir: &Path, clients: usize, times: &Times) -> anyhow::Resul
     progress(format!("fsync floor: {fsync_per_s:.0}/s"));
     let aead_per_s = aead_open_rate(times.aead)?;
     progress(format!("AEAD floor: {aead_per_s:.0} opens/s on one core"));
+    let pauses = pauses(cores(), times.pauses);
+    progress(format!(
+        "pause floor: {:.1} pauses over 1 ms per second per busy core, the longest {:.2} ms",
+        pauses.per_core_s, pauses.longest_ms
+    ));
     let floor_server = FloorServer::start()?;
     let plan = Plan {
         clients,
@@ -70,6 +77,7 @@ pub async fn measure(dir: &Path, clients: usize, times: &Times) -> anyhow::Resul
         http_p99: floor_load.all().ms(99.0),
         http1_p50: floor_one.all().ms(50.0),
         http1_p99: floor_one.all().ms(99.0),
+        pauses,
     };
     progress(format!(
         "HTTP floor: {:.0}/s, p50 {:.2} ms, p99 {:.2} ms ({} clients); one client p50 {:.3} ms, p99 {:.3} ms",
@@ -118,6 +126,79 @@ pub async fn open_loop(clients: usize, rate: f64, times: &Times) -> anyhow::Resu
         floor.p50, floor.p99
     ));
     Ok(floor)
+}
+
+/// A gap between two readings of the clock by a spinning thread longer
+/// than this is a pause: time the thread was ready to run and did not.
+pub const PAUSE: Duration = Duration::from_millis(1);
+
+/// How often the machine took a busy core away from a thread that wanted
+/// it (another thread, the kernel's own threads, the hypervisor): one
+/// thread per core spinning on the clock, so every core is busy, as under
+/// the scenarios' load. A request that is running, or queued, when its core
+/// pauses waits out the pause; latency tails under load are read with
+/// this beside them.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Pauses {
+    pub threads: usize,
+    /// Pauses over [`PAUSE`], per second and per spinning thread.
+    pub per_core_s: f64,
+    pub longest_ms: f64,
+}
+
+/// Gaps seen by one spinning thread.
+#[derive(Debug, Default, Clone, Copy)]
+struct Gaps {
+    over: u64,
+    longest: Duration,
+}
+
+/// Spins for `time`, reading the clock; `between` runs between two
+/// readings (nothing, except in tests).
+fn spin(time: Duration, mut between: impl FnMut()) -> Gaps {
+    let start = Instant::now();
+    let mut last = start;
+    let mut gaps = Gaps::default();
+    while last.duration_since(start) < time {
+        between();
+        let now = Instant::now();
+        let gap = now.duration_since(last);
+        if gap > PAUSE {
+            gaps.over += 1;
+        }
+        gaps.longest = gaps.longest.max(gap);
+        last = now;
+    }
+    gaps
+}
+
+/// One spinning thread per core (`threads`) for `time`.
+pub fn pauses(threads: usize, time: Duration) -> Pauses {
+    let threads = threads.max(1);
+    let seen: Vec<Gaps> = std::thread::scope(|s| {
+        let spinners: Vec<_> = (0..threads)
+            .map(|_| s.spawn(|| spin(time, || {})))
+            .collect();
+        spinners
+            .into_iter()
+            .map(|t| t.join().unwrap_or_default())
+            .collect()
+    });
+    Pauses {
+        threads,
+        per_core_s: seen.iter().map(|g| g.over).sum::<u64>() as f64
+            / threads as f64
+            / time.as_secs_f64().max(f64::MIN_POSITIVE),
+        longest_ms: seen
+            .iter()
+            .map(|g| g.longest.as_secs_f64() * 1000.0)
+            .fold(0.0, f64::max),
+    }
+}
+
+/// The cores this process may run on.
+pub fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 /// Small appends, each made durable with fdatasync, for `time`: syncs per
@@ -217,5 +298,35 @@ impl Drop for FloorServer {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_spinning_thread_counts_the_time_it_did_not_run_as_a_pause() {
+        // Two "pauses" of 5 ms (a sleep stands in for the core being taken
+        // away), then plain spinning.
+        let mut left = 2;
+        let gaps = spin(Duration::from_millis(30), || {
+            if left > 0 {
+                left -= 1;
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        });
+        // (At least: the machine may pause the thread on its own too.)
+        assert!(gaps.over >= 2, "{gaps:?}");
+        assert!(gaps.longest >= Duration::from_millis(5), "{gaps:?}");
+    }
+
+    #[test]
+    fn pauses_are_counted_per_second_and_per_thread() {
+        let p = pauses(2, Duration::from_millis(50));
+        assert_eq!(p.threads, 2);
+        assert!(p.per_core_s.is_finite() && p.per_core_s >= 0.0, "{p:?}");
+        // Every thread read the clock at least twice, so some gap was seen.
+        assert!(p.longest_ms > 0.0, "{p:?}");
     }
 }

@@ -12,7 +12,10 @@
 //!    dir) unless `--latchkey PATH` names a binary.
 //! 2. Floors: the disk's fsync rate (128-byte appends, each followed by
 //!    fdatasync, in the data dir's filesystem), one core's rate of bare
-//!    XChaCha20-Poly1305 opens of a 40-byte secret, and an empty axum
+//!    XChaCha20-Poly1305 opens of a 40-byte secret, how often the machine
+//!    takes a busy core away (one thread per core spinning on the clock:
+//!    gaps over 1 ms per second, and the longest; every latency tail under
+//!    load meets these pauses), and an empty axum
 //!    handler (`bench http-floor`, a child process on the same runtime
 //!    settings as the server) under the same client load as the scenarios.
 //! 3. First start of the server on a fresh data dir (a temporary dir; on
@@ -88,12 +91,15 @@
 //! (`--ingress-limit 0 --auth-failure-limit 0`): they would measure the limit.
 //! The table's heading says how much of the CPU PostgreSQL and, apart, any
 //! other process and the hypervisor (steal) took while it ran: on a busy
-//! machine every figure reads low, floors included. The
+//! machine every figure reads low, floors included. It also says how much
+//! the machine read from disk while the gets and the searches ran (see
+//! `disk`): a request whose page is not in the cache waits for the disk. The
 //! bench asserts that every answer was the expected one; it does not fail on
 //! a missed budget (the table says so).
 
 mod api;
 mod cpu;
+mod disk;
 mod floors;
 mod load;
 mod report;
@@ -190,6 +196,7 @@ struct Times {
     duplicate: Duration,
     fsync: Duration,
     aead: Duration,
+    pauses: Duration,
     settle: Duration,
 }
 
@@ -205,6 +212,7 @@ impl Times {
                 duplicate: s(0.3),
                 fsync: s(0.2),
                 aead: s(0.1),
+                pauses: s(0.2),
                 settle: s(0.2),
             }
         } else {
@@ -216,6 +224,7 @@ impl Times {
                 duplicate: s(5.0),
                 fsync: s(2.0),
                 aead: s(1.0),
+                pauses: s(3.0),
                 settle: s(1.0),
             }
         }
@@ -252,11 +261,18 @@ fn main() -> anyhow::Result<()> {
     let (rows, facts) = runtime.block_on(bench(&run, &binary))?;
     let table = report::table(&rows);
     let share = |key: &str| facts["machine"][key].as_f64().unwrap_or_default() * 100.0;
+    let reads = |row: &str, key: &str| {
+        facts["disk_reads_machine_wide"][row][key]
+            .as_f64()
+            .unwrap_or_default()
+    };
     println!(
         "\nLatchkey benchmark: {} backend, {} credentials stored, {} clients{}\n\
          While it ran, PostgreSQL used {:.0}% of the machine's CPU, and processes \
          other than the benchmark, its servers and PostgreSQL {:.0}%; the hypervisor \
-         gave {:.0}% of this machine's CPU time to others (steal).\n{table}",
+         gave {:.0}% of this machine's CPU time to others (steal).\nWhile the gets ran, the \
+         machine read {:.1} MiB from disk ({} pages its cache had dropped and read again); \
+         while the searches ran, {:.1} MiB ({}).\n{table}",
         run.backend.name(),
         thousands(run.scale as f64),
         run.clients,
@@ -268,6 +284,10 @@ fn main() -> anyhow::Result<()> {
         share("cpu_share_used_by_postgresql"),
         share("cpu_share_used_by_other_processes"),
         share("cpu_share_stolen_by_the_hypervisor"),
+        reads("get", "mib"),
+        reads("get", "refaulted_pages"),
+        reads("search", "mib"),
+        reads("search", "refaulted_pages"),
     );
     let paths = write_json(&run, &rows, facts)?;
     for p in paths {
@@ -431,7 +451,7 @@ async fn measure(
     scratch: &Path,
 ) -> anyhow::Result<(Vec<Row>, Value)> {
     let times = Times::new(run.smoke);
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let cores = floors::cores();
     let log = scratch.join("latchkey.log");
     progress(format!(
         "{} backend, scale {}, {} clients, {cores} cores; data in {}",
@@ -607,11 +627,18 @@ async fn measure(
         )
     };
     progress("scenario 2: get by id");
+    let reads_before = disk::Reads::now();
     let get_load = get(run.clients, times.latency, None).await?;
     answered("get", &get_load)?;
     let get_paced = get(run.clients, times.latency, Some(get_load.rate() * PACED)).await?;
     let get_one = get(1, times.single, None).await?;
     let after_gets = server.memory()?;
+    let get_reads = disk::Reads::now().since(&reads_before);
+    progress(format!(
+        "get: the machine read {:.1} MiB from disk ({} pages its cache had dropped)",
+        get_reads.mib(),
+        get_reads.refaults
+    ));
     let search = |clients: usize, measure: Duration, rate: Option<f64>| {
         let (token, ids) = (token.clone(), ids.clone());
         drive(
@@ -639,19 +666,22 @@ async fn measure(
         )
     };
     progress("scenario 2: search page");
+    let reads_before = disk::Reads::now();
     let search_load = search(run.clients, times.latency, None).await?;
     answered("search", &search_load)?;
     let search_paced = search(run.clients, times.latency, Some(search_load.rate() * PACED)).await?;
     let search_one = search(1, times.single, None).await?;
     let after_reads = server.memory()?;
+    let search_reads = disk::Reads::now().since(&reads_before);
     progress(format!(
-        "get p99 {:.2} ms, search p99 {:.2} ms ({} clients, closed loop); open loop at half that rate: {:.2} ms, {:.2} ms; RSS {:.1} MB",
+        "get p99 {:.2} ms, search p99 {:.2} ms ({} clients, closed loop); open loop at half that rate: {:.2} ms, {:.2} ms; RSS {:.1} MB; searches read {:.1} MiB from disk",
         get_load.all().ms(99.0),
         search_load.all().ms(99.0),
         run.clients,
         get_paced.all().ms(99.0),
         search_paced.all().ms(99.0),
-        after_reads.rss_mb()
+        after_reads.rss_mb(),
+        search_reads.mib()
     ));
 
     // 3. and 4. Stripe webhook ingest, then the same deliveries again.
@@ -766,6 +796,11 @@ async fn measure(
         "floors": {
             "fsync_per_s": floors.fsync_per_s,
             "aead_opens_per_s_one_core": floors.aead_per_s,
+            "pauses": {
+                "spinning_threads": floors.pauses.threads,
+                "over_1ms_per_s_per_thread": floors.pauses.per_core_s,
+                "longest_ms": floors.pauses.longest_ms,
+            },
             "http_empty_handler": {
                 "clients": run.clients, "per_s": floors.http_rate,
                 "p50_ms": floors.http_p50, "p99_ms": floors.http_p99,
@@ -774,6 +809,10 @@ async fn measure(
             },
         },
         "seed": { "credentials": run.scale, "seconds": seeded.elapsed.as_secs_f64() },
+        "disk_reads_machine_wide": {
+            "get": { "mib": get_reads.mib(), "refaulted_pages": get_reads.refaults },
+            "search": { "mib": search_reads.mib(), "refaulted_pages": search_reads.refaults },
+        },
         "ingest_events_stored": ingest.issued,
         "credentials_created": create.issued,
     });
@@ -949,7 +988,7 @@ fn write_json(run: &RunArgs, rows: &[Row], facts: Value) -> anyhow::Result<Vec<P
         "smoke": run.smoke,
         "release_build": !cfg!(debug_assertions),
         "finished_at": now.to_rfc3339(),
-        "cores": std::thread::available_parallelism().map_or(1, |n| n.get()),
+        "cores": floors::cores(),
         "rows": rows.iter().map(Row::to_json).collect::<Vec<_>>(),
         "facts": facts,
     });

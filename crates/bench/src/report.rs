@@ -456,6 +456,16 @@ pub fn rows(run: &RunArgs, cores: usize, floors: &Floors, m: Measured, s: Starts
             per_s(floors.aead_per_s),
         ),
         Row::new(
+            format!(
+                "floor: pauses of a busy core ({} threads spinning on the clock)",
+                floors.pauses.threads
+            ),
+            format!(
+                "{:.1}/s over 1 ms per core · longest {:.2} ms",
+                floors.pauses.per_core_s, floors.pauses.longest_ms
+            ),
+        ),
+        Row::new(
             format!("floor: empty axum handler, {c} clients"),
             format!(
                 "{} · p50 {:.2} ms · p99 {:.2} ms",
