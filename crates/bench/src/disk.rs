@@ -26,11 +26,11 @@ impl Reads {
         parse(&std::fs::read_to_string("/proc/vmstat").unwrap_or_default())
     }
 
-    /// The growth from `earlier` to `self`.
-    pub fn since(&self, earlier: &Reads) -> Reads {
+    /// The growth from `self` to `later` (as `cpu::Sample::since`).
+    pub fn since(&self, later: &Reads) -> Reads {
         Reads {
-            kib: self.kib.saturating_sub(earlier.kib),
-            refaults: self.refaults.saturating_sub(earlier.refaults),
+            kib: later.kib.saturating_sub(self.kib),
+            refaults: later.refaults.saturating_sub(self.refaults),
         }
     }
 
@@ -94,14 +94,14 @@ mod tests {
             refaults: 12,
         };
         assert_eq!(
-            after.since(&before),
+            before.since(&after),
             Reads {
                 kib: 2048,
                 refaults: 2
             }
         );
-        assert_eq!(before.since(&after), Reads::default());
-        assert_eq!(after.since(&before).mib(), 2.0);
+        assert_eq!(after.since(&before), Reads::default());
+        assert_eq!(before.since(&after).mib(), 2.0);
     }
 
     #[test]

@@ -27,15 +27,16 @@ pub struct Floors {
     pub pauses: Pauses,
 }
 
-/// Measures every floor: fsync in `dir`'s filesystem, AEAD opens, and the
-/// empty handler with `clients` clients and with one.
+/// Measures every floor: fsync in `dir`'s filesystem, AEAD opens, the
+/// pauses of busy cores, and the empty handler with `clients` clients and
+/// with one.
 pub async fn measure(dir: &Path, clients: usize, times: &Times) -> anyhow::Result<Floors> {
     // Floors.
     let fsync_per_s = fsync_rate(dir, times.fsync)?;
     progress(format!("fsync floor: {fsync_per_s:.0}/s"));
     let aead_per_s = aead_open_rate(times.aead)?;
     progress(format!("AEAD floor: {aead_per_s:.0} opens/s on one core"));
-    let pauses = pauses(cores(), times.pauses);
+    let pauses = pauses(cores(), times.pauses)?;
     progress(format!(
         "pause floor: {:.1} pauses over 1 ms per second per busy core, the longest {:.2} ms",
         pauses.per_core_s, pauses.longest_ms
@@ -146,11 +147,12 @@ pub struct Pauses {
     pub longest_ms: f64,
 }
 
-/// Gaps seen by one spinning thread.
+/// Gaps seen by one spinning thread, and how long it spun.
 #[derive(Debug, Default, Clone, Copy)]
 struct Gaps {
     over: u64,
     longest: Duration,
+    spun: Duration,
 }
 
 /// Spins for `time`, reading the clock; `between` runs between two
@@ -169,26 +171,18 @@ fn spin(time: Duration, mut between: impl FnMut()) -> Gaps {
         gaps.longest = gaps.longest.max(gap);
         last = now;
     }
+    gaps.spun = last.duration_since(start);
     gaps
 }
 
-/// One spinning thread per core (`threads`) for `time`.
-pub fn pauses(threads: usize, time: Duration) -> Pauses {
-    let threads = threads.max(1);
-    let seen: Vec<Gaps> = std::thread::scope(|s| {
-        let spinners: Vec<_> = (0..threads)
-            .map(|_| s.spawn(|| spin(time, || {})))
-            .collect();
-        spinners
-            .into_iter()
-            .map(|t| t.join().unwrap_or_default())
-            .collect()
-    });
+/// The spinners' gaps as pauses per second of spinning (so per core) and
+/// the longest.
+fn summarize(seen: &[Gaps]) -> Pauses {
+    let spun: f64 = seen.iter().map(|g| g.spun.as_secs_f64()).sum();
+    let over: u64 = seen.iter().map(|g| g.over).sum();
     Pauses {
-        threads,
-        per_core_s: seen.iter().map(|g| g.over).sum::<u64>() as f64
-            / threads as f64
-            / time.as_secs_f64().max(f64::MIN_POSITIVE),
+        threads: seen.len(),
+        per_core_s: if spun > 0.0 { over as f64 / spun } else { 0.0 },
         longest_ms: seen
             .iter()
             .map(|g| g.longest.as_secs_f64() * 1000.0)
@@ -196,7 +190,23 @@ pub fn pauses(threads: usize, time: Duration) -> Pauses {
     }
 }
 
-/// The cores this process may run on.
+/// One spinning thread per usable CPU (`threads`) for `time`.
+pub fn pauses(threads: usize, time: Duration) -> anyhow::Result<Pauses> {
+    let seen = std::thread::scope(|s| {
+        let spinners: Vec<_> = (0..threads.max(1))
+            .map(|_| s.spawn(|| spin(time, || {})))
+            .collect();
+        spinners
+            .into_iter()
+            .map(|t| t.join())
+            .collect::<Result<Vec<Gaps>, _>>()
+    })
+    .map_err(|_| anyhow::anyhow!("a thread of the pause floor panicked"))?;
+    Ok(summarize(&seen))
+}
+
+/// The CPUs this process may run on (its affinity; a fractional CPU quota
+/// rounds up).
 pub fn cores() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
@@ -322,11 +332,34 @@ mod tests {
     }
 
     #[test]
-    fn pauses_are_counted_per_second_and_per_thread() {
-        let p = pauses(2, Duration::from_millis(50));
-        assert_eq!(p.threads, 2);
-        assert!(p.per_core_s.is_finite() && p.per_core_s >= 0.0, "{p:?}");
-        // Every thread read the clock at least twice, so some gap was seen.
-        assert!(p.longest_ms > 0.0, "{p:?}");
+    fn pauses_are_counted_per_second_of_spinning_and_the_longest_kept() {
+        let ms = Duration::from_millis;
+        let seen = [
+            Gaps {
+                over: 3,
+                longest: ms(7),
+                spun: ms(2000),
+            },
+            Gaps {
+                over: 1,
+                longest: ms(2),
+                spun: ms(2000),
+            },
+        ];
+        assert_eq!(
+            summarize(&seen),
+            Pauses {
+                threads: 2,
+                per_core_s: 1.0,
+                longest_ms: 7.0
+            }
+        );
+        assert_eq!(summarize(&[]).per_core_s, 0.0);
+    }
+
+    #[test]
+    fn a_spinner_reports_how_long_it_spun() {
+        let g = spin(Duration::from_millis(20), || {});
+        assert!(g.spun >= Duration::from_millis(20), "{g:?}");
     }
 }

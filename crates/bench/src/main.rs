@@ -13,7 +13,7 @@
 //! 2. Floors: the disk's fsync rate (128-byte appends, each followed by
 //!    fdatasync, in the data dir's filesystem), one core's rate of bare
 //!    XChaCha20-Poly1305 opens of a 40-byte secret, how often the machine
-//!    takes a busy core away (one thread per core spinning on the clock:
+//!    takes a busy core away (one thread per usable CPU spinning on the clock:
 //!    gaps over 1 ms per second, and the longest; every latency tail under
 //!    load meets these pauses), and an empty axum
 //!    handler (`bench http-floor`, a child process on the same runtime
@@ -633,7 +633,7 @@ async fn measure(
     let get_paced = get(run.clients, times.latency, Some(get_load.rate() * PACED)).await?;
     let get_one = get(1, times.single, None).await?;
     let after_gets = server.memory()?;
-    let get_reads = disk::Reads::now().since(&reads_before);
+    let get_reads = reads_before.since(&disk::Reads::now());
     progress(format!(
         "get: the machine read {:.1} MiB from disk ({} pages its cache had dropped)",
         get_reads.mib(),
@@ -672,7 +672,7 @@ async fn measure(
     let search_paced = search(run.clients, times.latency, Some(search_load.rate() * PACED)).await?;
     let search_one = search(1, times.single, None).await?;
     let after_reads = server.memory()?;
-    let search_reads = disk::Reads::now().since(&reads_before);
+    let search_reads = reads_before.since(&disk::Reads::now());
     progress(format!(
         "get p99 {:.2} ms, search p99 {:.2} ms ({} clients, closed loop); open loop at half that rate: {:.2} ms, {:.2} ms; RSS {:.1} MB; searches read {:.1} MiB from disk",
         get_load.all().ms(99.0),
@@ -798,7 +798,7 @@ async fn measure(
             "aead_opens_per_s_one_core": floors.aead_per_s,
             "pauses": {
                 "spinning_threads": floors.pauses.threads,
-                "over_1ms_per_s_per_thread": floors.pauses.per_core_s,
+                "over_1ms_per_core_per_s": floors.pauses.per_core_s,
                 "longest_ms": floors.pauses.longest_ms,
             },
             "http_empty_handler": {
