@@ -38,8 +38,12 @@ pub async fn measure(dir: &Path, clients: usize, times: &Times) -> anyhow::Resul
     progress(format!("AEAD floor: {aead_per_s:.0} opens/s on one core"));
     let pauses = pauses(cores(), times.pauses)?;
     progress(format!(
-        "pause floor: {:.1} pauses over 1 ms per second per busy core, the longest {:.2} ms",
-        pauses.per_core_s, pauses.longest_ms
+        "pause floor: {:.1} pauses over 1 ms per second per busy core, the longest {:.2} ms; \
+         they alone would keep {:.2}% of arrivals waiting over {} ms",
+        pauses.per_core_s,
+        pauses.longest_ms,
+        pauses.late_share * 100.0,
+        LATE.as_millis()
     ));
     let floor_server = FloorServer::start()?;
     let plan = Plan {
@@ -95,13 +99,22 @@ pub struct OpenFloor {
     pub rate: f64,
     pub p50: f64,
     pub p99: f64,
+    pub stalls: crate::load::Stalls,
 }
 
 /// The empty handler on `clients` connections, open loop at `rate`, for
 /// `times.latency` (as the open-loop scenarios run): the latency the load
 /// generator, the runtime and the machine's scheduler alone add at that
 /// rate. Measured after the scenarios, with the server stopped.
-pub async fn open_loop(clients: usize, rate: f64, times: &Times) -> anyhow::Result<OpenFloor> {
+///
+/// Its stalls count the requests over `late`, the budget of the row it is
+/// the floor of.
+pub async fn open_loop(
+    clients: usize,
+    rate: f64,
+    late: Duration,
+    times: &Times,
+) -> anyhow::Result<OpenFloor> {
     let floor_server = FloorServer::start()?;
     let addr = floor_server.addr;
     let outcome = drive(
@@ -121,10 +134,13 @@ pub async fn open_loop(clients: usize, rate: f64, times: &Times) -> anyhow::Resu
         rate,
         p50: outcome.all().ms(50.0),
         p99: outcome.all().ms(99.0),
+        stalls: outcome.stalls(late),
     };
     progress(format!(
-        "HTTP floor, open loop at {rate:.0}/s on {clients} connections: p50 {:.3} ms, p99 {:.3} ms",
-        floor.p50, floor.p99
+        "HTTP floor, open loop at {rate:.0}/s on {clients} connections: p50 {:.3} ms, p99 {:.3} ms; {}",
+        floor.p50,
+        floor.p99,
+        floor.stalls.text()
     ));
     Ok(floor)
 }
@@ -133,9 +149,16 @@ pub async fn open_loop(clients: usize, rate: f64, times: &Times) -> anyhow::Resu
 /// than this is a pause: time the thread was ready to run and did not.
 pub const PAUSE: Duration = Duration::from_millis(1);
 
+/// The get budget's p99 ([`crate::report::GET_P99`]). A request that arrives at a
+/// uniformly random moment of a pause of length `g` waits for its core for
+/// more than this with probability `(g - LATE) / g`; summed over the pauses
+/// and divided by the time spun, that is the share of arrivals the pauses
+/// alone make wait longer than the budget, however fast the server.
+pub const LATE: Duration = crate::report::GET_P99;
+
 /// How often the machine took a busy core away from a thread that wanted
 /// it (another thread, the kernel's own threads, the hypervisor): one
-/// thread per core spinning on the clock, so every core is busy, as under
+/// thread per usable CPU spinning on the clock, so every core is busy, as under
 /// the scenarios' load. A request that is running, or queued, when its core
 /// pauses waits out the pause; latency tails under load are read with
 /// this beside them.
@@ -145,6 +168,12 @@ pub struct Pauses {
     /// Pauses over [`PAUSE`], per second and per spinning thread.
     pub per_core_s: f64,
     pub longest_ms: f64,
+    /// The share of arrivals (at uniformly random moments) that the pauses
+    /// alone would have kept waiting longer than [`LATE`]. While the machine
+    /// pauses like this, a share above 1% puts a p99 within [`LATE`] out of
+    /// reach of any server; under load the queue a pause leaves behind makes
+    /// the share larger still.
+    pub late_share: f64,
 }
 
 /// Gaps seen by one spinning thread, and how long it spun.
@@ -152,6 +181,8 @@ pub struct Pauses {
 struct Gaps {
     over: u64,
     longest: Duration,
+    /// The gaps' time beyond [`LATE`], summed.
+    late: Duration,
     spun: Duration,
 }
 
@@ -168,6 +199,7 @@ fn spin(time: Duration, mut between: impl FnMut()) -> Gaps {
         if gap > PAUSE {
             gaps.over += 1;
         }
+        gaps.late += gap.saturating_sub(LATE);
         gaps.longest = gaps.longest.max(gap);
         last = now;
     }
@@ -175,14 +207,17 @@ fn spin(time: Duration, mut between: impl FnMut()) -> Gaps {
     gaps
 }
 
-/// The spinners' gaps as pauses per second of spinning (so per core) and
-/// the longest.
+/// The spinners' gaps as pauses per second of spinning (so per core), the
+/// longest, and the share of time beyond [`LATE`].
 fn summarize(seen: &[Gaps]) -> Pauses {
     let spun: f64 = seen.iter().map(|g| g.spun.as_secs_f64()).sum();
     let over: u64 = seen.iter().map(|g| g.over).sum();
+    let late: f64 = seen.iter().map(|g| g.late.as_secs_f64()).sum();
+    let per_spun = |x: f64| if spun > 0.0 { x / spun } else { 0.0 };
     Pauses {
         threads: seen.len(),
-        per_core_s: if spun > 0.0 { over as f64 / spun } else { 0.0 },
+        per_core_s: per_spun(over as f64),
+        late_share: per_spun(late),
         longest_ms: seen
             .iter()
             .map(|g| g.longest.as_secs_f64() * 1000.0)
@@ -329,6 +364,8 @@ mod tests {
         // (At least: the machine may pause the thread on its own too.)
         assert!(gaps.over >= 2, "{gaps:?}");
         assert!(gaps.longest >= Duration::from_millis(5), "{gaps:?}");
+        // Each 5 ms pause is at least 3 ms past the 2 ms.
+        assert!(gaps.late >= Duration::from_millis(6), "{gaps:?}");
     }
 
     #[test]
@@ -338,11 +375,13 @@ mod tests {
             Gaps {
                 over: 3,
                 longest: ms(7),
+                late: ms(5) + ms(1),
                 spun: ms(2000),
             },
             Gaps {
                 over: 1,
                 longest: ms(2),
+                late: Duration::ZERO,
                 spun: ms(2000),
             },
         ];
@@ -351,7 +390,8 @@ mod tests {
             Pauses {
                 threads: 2,
                 per_core_s: 1.0,
-                longest_ms: 7.0
+                longest_ms: 7.0,
+                late_share: 0.0015,
             }
         );
         assert_eq!(summarize(&[]).per_core_s, 0.0);

@@ -42,6 +42,8 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 
+use crate::floors::PAUSE;
+
 pub type Body = Full<Bytes>;
 
 /// One keep-alive connection to a server.
@@ -121,7 +123,23 @@ pub struct Outcome {
     /// credentials created). Open loop: requests claimed, which is up to one
     /// per connection more than were sent.
     pub issued: u64,
+    /// Requests sent, warm-up included.
+    pub sent: u64,
     pub latencies: Vec<Vec<u32>>,
+    /// Open loop: each time, from the window's start on, that the pacer
+    /// woke more than [`PAUSE`] after a request fell due: from when it was
+    /// due to when the pacer woke. The pacer is a thread that only sleeps
+    /// and wakes, so such a hold-up means no core ran it: all were taken
+    /// (by the server, the load generator or anything else), or the
+    /// machine paused.
+    pub held: Vec<(Instant, Instant)>,
+    /// Open loop: each counted request slower than [`PAUSE`], from when it
+    /// was due to when it was answered (so [`Outcome::stalls`] can count
+    /// those over any budget from 1 ms up).
+    pub slow: Vec<(Instant, Instant)>,
+    /// What the server's threads used meanwhile, where the caller measured
+    /// it.
+    pub server: Option<crate::sched::Usage>,
 }
 
 impl Outcome {
@@ -141,6 +159,83 @@ impl Outcome {
     pub fn kind(&self, k: usize) -> Latencies {
         Latencies::new(self.latencies.get(k).cloned().unwrap_or_default())
     }
+
+    /// The open loop's requests slower than `late` (at least [`PAUSE`]),
+    /// and the pacer's hold-ups.
+    pub fn stalls(&self, late: Duration) -> Stalls {
+        let held_ms =
+            |(from, until): &(Instant, Instant)| until.duration_since(*from).as_secs_f64() * 1000.0;
+        let slow: Vec<_> = self
+            .slow
+            .iter()
+            .copied()
+            .filter(|(due, done)| done.duration_since(*due) > late)
+            .collect();
+        Stalls {
+            late_ms: late.as_secs_f64() * 1000.0,
+            slow: slow.len(),
+            slow_while_held: overlapping(&slow, &self.held),
+            held: self.held.len(),
+            held_ms: self.held.iter().map(held_ms).sum(),
+            longest_held_ms: self.held.iter().map(held_ms).fold(0.0, f64::max),
+        }
+    }
+}
+
+/// An open loop's requests slower than a budget (`late_ms`), and how many
+/// of them coincided with a hold-up of the load generator's pacer: were
+/// due or still in flight while it was held up (see [`Outcome::held`]).
+/// This is a coincidence, not a cause: a hold-up says the cores were all
+/// taken or the machine paused, not by whom, and a pause of the core a
+/// request is on need not hold up the pacer.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Stalls {
+    pub late_ms: f64,
+    pub slow: usize,
+    pub slow_while_held: usize,
+    /// The pacer's hold-ups over [`PAUSE`] in the measured window, their
+    /// total and the longest.
+    pub held: usize,
+    pub held_ms: f64,
+    pub longest_held_ms: f64,
+}
+
+impl Stalls {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "budget_ms": self.late_ms,
+            "over_budget": self.slow,
+            "over_budget_while_load_generator_held_up": self.slow_while_held,
+            "load_generator_hold_ups": self.held,
+            "load_generator_held_up_ms": self.held_ms,
+            "load_generator_longest_hold_up_ms": self.longest_held_ms,
+        })
+    }
+
+    /// For a table cell.
+    pub fn text(&self) -> String {
+        format!(
+            "{} over {} ms, {} of them while the load generator was held up ({} hold-ups, longest {:.1} ms)",
+            self.slow,
+            self.late_ms,
+            self.slow_while_held,
+            self.held,
+            self.longest_held_ms
+        )
+    }
+}
+
+/// How many of `spans` overlap one of `held` (sorted by start, not
+/// overlapping each other, as the pacer makes them).
+fn overlapping(spans: &[(Instant, Instant)], held: &[(Instant, Instant)]) -> usize {
+    spans
+        .iter()
+        .filter(|&&(from, until)| {
+            // The last hold that starts before the span ends.
+            let i = held.partition_point(|&(start, _)| start < until);
+            i > 0 && held[i - 1].1 > from
+        })
+        .count()
 }
 
 /// Sorted latencies in microseconds.
@@ -177,12 +272,15 @@ fn due_at(start: Instant, rate: f64, n: u64) -> Instant {
 /// one more per connection, so none is left waiting: a connection that
 /// takes one finds its request due after the end (or the run failed) and
 /// stops.
+///
+/// Returns each hold-up: a wake more than [`PAUSE`] after the request it
+/// woke for fell due, as (due, woke).
 fn pace(
     permits: &Semaphore,
     (start, end, rate): (Instant, Instant, f64),
     connections: usize,
     failed: &AtomicBool,
-) {
+) -> Vec<(Instant, Instant)> {
     // The closing permits, also if this thread panics: a connection left
     // waiting would hang the run.
     struct Closing<'a>(&'a Semaphore, usize);
@@ -192,9 +290,14 @@ fn pace(
         }
     }
     let _closing = Closing(permits, connections);
+    let mut held = Vec::new();
     let mut released = 0u64;
     loop {
         let now = Instant::now();
+        let due = due_at(start, rate, released);
+        if now.saturating_duration_since(due) > PAUSE {
+            held.push((due, now));
+        }
         let before = released;
         while due_at(start, rate, released) <= now && due_at(start, rate, released) < end {
             released += 1;
@@ -206,6 +309,7 @@ fn pace(
         }
         std::thread::sleep(next.saturating_duration_since(Instant::now()));
     }
+    held
 }
 
 /// Runs `plan.clients` clients against `addr`, closed or open loop as
@@ -232,6 +336,7 @@ where
     let make = Arc::new(make);
     let check = Arc::new(check);
     let next = Arc::new(AtomicU64::new(0));
+    let sent = Arc::new(AtomicU64::new(0));
     let failure: Arc<Mutex<Option<String>>> = Arc::default();
     let failed = Arc::new(AtomicBool::new(false));
     let mut conns = Vec::with_capacity(plan.clients);
@@ -264,8 +369,10 @@ where
             failed.clone(),
             permits.clone(),
         );
+        let sent_count = sent.clone();
         tasks.push(tokio::spawn(async move {
             let mut lat: Vec<Vec<u32>> = vec![Vec::new(); kinds];
+            let mut slow = Vec::new();
             let mut last_done = start;
             loop {
                 // `due`: when the request counts from, for the window, and
@@ -292,6 +399,7 @@ where
                     }
                 };
                 let (kind, req) = make(n);
+                sent_count.fetch_add(1, Ordering::Relaxed);
                 let answer = conn.send(req).await;
                 let done = Instant::now();
                 let problem = match answer {
@@ -312,28 +420,35 @@ where
                 // slow tail cannot fall off the end.
                 let counted = due >= counted_from && (plan.rate.is_some() || done <= end);
                 if counted {
-                    let us = done.duration_since(sent).as_micros();
-                    lat[kind].push(u32::try_from(us).unwrap_or(u32::MAX));
+                    let took = done.duration_since(sent);
+                    lat[kind].push(u32::try_from(took.as_micros()).unwrap_or(u32::MAX));
+                    if plan.rate.is_some() && took > PAUSE {
+                        slow.push((due, done));
+                    }
                     last_done = last_done.max(done);
                 }
             }
-            (lat, last_done)
+            (lat, slow, last_done)
         }));
     }
     let mut latencies: Vec<Vec<u32>> = vec![Vec::new(); kinds];
+    let mut slow = Vec::new();
     let mut last_done = end;
     for t in tasks {
-        let (mine, done) = t.await?;
+        let (mine, my_slow, done) = t.await?;
         for (all, mine) in latencies.iter_mut().zip(mine) {
             all.extend(mine);
         }
+        slow.extend(my_slow);
         last_done = last_done.max(done);
     }
-    if let Some(pacer) = pacer {
-        tokio::task::spawn_blocking(move || pacer.join())
+    let mut held = match pacer {
+        Some(pacer) => tokio::task::spawn_blocking(move || pacer.join())
             .await?
-            .map_err(|_| anyhow::anyhow!("the open loop's pacer panicked"))?;
-    }
+            .map_err(|_| anyhow::anyhow!("the open loop's pacer panicked"))?,
+        None => Vec::new(),
+    };
+    held.retain(|&(_, woke)| woke > counted_from);
     if let Some(f) = failure.lock().expect("failure lock").take() {
         bail!("{f}");
     }
@@ -342,7 +457,11 @@ where
         clients: plan.clients,
         offered: plan.rate,
         issued: next.load(Ordering::Relaxed),
+        sent: sent.load(Ordering::Relaxed),
         latencies,
+        held,
+        slow,
+        server: None,
     })
 }
 
@@ -363,6 +482,7 @@ pub fn contains(hay: &[u8], needle: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::floors::LATE;
     use std::sync::atomic::AtomicUsize;
 
     /// A server whose `k`-th answer (from 0) takes `stall`; every other is
@@ -426,6 +546,17 @@ mod tests {
         assert!(open.all().ms(100.0) >= 250.0, "the stalled request itself");
         assert_eq!(open.count(), 100, "every request due in the window");
         assert_eq!(open.offered, Some(100.0));
+        // Each slow one is kept with when it was due and answered.
+        // (Latencies are kept in whole microseconds: one of 2.0004 ms is
+        // slow but reads 2,000 µs.)
+        let over = |us: u32| open.latencies[0].iter().filter(|&&l| l > us).count();
+        let slow = open.stalls(LATE).slow;
+        assert!(slow >= over(2000) && slow <= over(1999), "{slow}");
+        assert!(slow >= 15, "{slow}");
+        assert!(open
+            .slow
+            .iter()
+            .all(|(due, done)| done.duration_since(*due) > LATE));
 
         // The closed loop waits with the server: one slow request, not 30
         // (a few more only if the machine itself stalls).
@@ -439,6 +570,53 @@ mod tests {
             closed.count() > 100,
             "a closed loop runs as fast as answered"
         );
+        assert!(closed.slow.is_empty() && closed.held.is_empty());
+    }
+
+    #[test]
+    fn slow_requests_are_matched_with_the_hold_ups_they_overlap() {
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let held = vec![(at(10), at(14)), (at(50), at(52))];
+        let slow = vec![
+            (at(8), at(11)),  // in flight when the first began
+            (at(12), at(16)), // due inside it
+            (at(14), at(17)), // due as it ended: not overlapping
+            (at(30), at(49)), // between the two
+            (at(40), at(60)), // spans the second
+        ];
+        assert_eq!(overlapping(&slow, &held), 3);
+        assert_eq!(overlapping(&slow, &[]), 0);
+        // Before the first hold, up to its start, and across both.
+        assert_eq!(overlapping(&[(at(0), at(5))], &held), 0);
+        assert_eq!(overlapping(&[(at(0), at(10))], &held), 0);
+        assert_eq!(overlapping(&[(at(5), at(60))], &held), 1);
+        let o = Outcome {
+            elapsed: Duration::from_secs(1),
+            clients: 1,
+            offered: Some(100.0),
+            issued: 100,
+            sent: 100,
+            latencies: vec![vec![]],
+            held,
+            slow,
+            server: None,
+        };
+        assert_eq!(
+            o.stalls(LATE),
+            Stalls {
+                late_ms: 2.0,
+                slow: 5,
+                slow_while_held: 3,
+                held: 2,
+                held_ms: 6.0,
+                longest_held_ms: 4.0,
+            }
+        );
+        // Over 3 ms: (12, 16), in the first hold; (30, 49), in none; and
+        // (40, 60), across the second.
+        let over_3 = o.stalls(Duration::from_millis(3));
+        assert_eq!((over_3.slow, over_3.slow_while_held), (3, 2));
     }
 
     #[tokio::test]

@@ -14,8 +14,9 @@
 //!    fdatasync, in the data dir's filesystem), one core's rate of bare
 //!    XChaCha20-Poly1305 opens of a 40-byte secret, how often the machine
 //!    takes a busy core away (one thread per usable CPU spinning on the clock:
-//!    gaps over 1 ms per second, and the longest; every latency tail under
-//!    load meets these pauses), and an empty axum
+//!    gaps over 1 ms per second, the longest, and the share of arrivals the
+//!    gaps alone would keep waiting over 2 ms; every latency tail under load
+//!    meets these pauses), and an empty axum
 //!    handler (`bench http-floor`, a child process on the same runtime
 //!    settings as the server) under the same client load as the scenarios.
 //! 3. First start of the server on a fresh data dir (a temporary dir; on
@@ -81,6 +82,23 @@
 //!   (the data key, then the webhook secret), so this also shows how small
 //!   a share the crypto is.
 //!
+//! Two more things say where a latency went (neither is judged):
+//!
+//! - **server threads**, a column (see `sched`): the `latchkey` process's
+//!   CPU time during the scenario (warm-up included) per request sent, and
+//!   how long its threads waited on the run queue for a core, per second
+//!   of the scenario, summed over threads. The first is what the server's
+//!   code costs at that load; the second is what sharing two cores with the
+//!   load generator (and anything else) added. On PostgreSQL the database's
+//!   own CPU is not in it. The per-kind search rows leave it out: their
+//!   run is the mixed one.
+//! - In the open-loop rows' figure and their floors' (see `load::Stalls`):
+//!   how many requests took longer than the row's budget, and how many of
+//!   those were due or in flight while the load generator's pacer thread
+//!   was held up, waking over 1 ms late. Such a hold-up means the cores
+//!   were all taken (by the server, the load generator or anything else)
+//!   or the machine paused; it does not say which.
+//!
 //! `--keep` leaves the data dir, the server's log and the PostgreSQL schema
 //! behind for a closer look; the progress lines name the server's pid, for
 //! a profiler.
@@ -103,6 +121,7 @@ mod disk;
 mod floors;
 mod load;
 mod report;
+mod sched;
 mod seed;
 mod server;
 
@@ -555,32 +574,36 @@ async fn measure(
 
     // 1. Create.
     progress("scenario 1: credential create");
+    let pid = server.pid();
     let create = {
         let (token, first_n) = (token.clone(), run.scale);
-        drive(
-            addr,
-            plan,
-            1,
-            move |i| {
-                let n = first_n + i;
-                let body = json!({
-                    "name": seed::name(n),
-                    "integration": seed::integration(n),
-                    "api_key": seed::api_key(n),
-                    "validate": false,
-                });
-                (
-                    0,
-                    request(
-                        "POST",
-                        addr,
-                        "/v1/credentials",
-                        Some(&token),
-                        Some(body.to_string().into_bytes()),
-                    ),
-                )
-            },
-            |s, _| s.as_u16() == 201,
+        on_server(
+            pid,
+            drive(
+                addr,
+                plan,
+                1,
+                move |i| {
+                    let n = first_n + i;
+                    let body = json!({
+                        "name": seed::name(n),
+                        "integration": seed::integration(n),
+                        "api_key": seed::api_key(n),
+                        "validate": false,
+                    });
+                    (
+                        0,
+                        request(
+                            "POST",
+                            addr,
+                            "/v1/credentials",
+                            Some(&token),
+                            Some(body.to_string().into_bytes()),
+                        ),
+                    )
+                },
+                |s, _| s.as_u16() == 201,
+            ),
         )
         .await?
     };
@@ -628,10 +651,11 @@ async fn measure(
     };
     progress("scenario 2: get by id");
     let reads_before = disk::Reads::now();
-    let get_load = get(run.clients, times.latency, None).await?;
+    let get_load = on_server(pid, get(run.clients, times.latency, None)).await?;
     answered("get", &get_load)?;
-    let get_paced = get(run.clients, times.latency, Some(get_load.rate() * PACED)).await?;
-    let get_one = get(1, times.single, None).await?;
+    let get_rate = Some(get_load.rate() * PACED);
+    let get_paced = on_server(pid, get(run.clients, times.latency, get_rate)).await?;
+    let get_one = on_server(pid, get(1, times.single, None)).await?;
     let after_gets = server.memory()?;
     let get_reads = reads_before.since(&disk::Reads::now());
     progress(format!(
@@ -667,10 +691,11 @@ async fn measure(
     };
     progress("scenario 2: search page");
     let reads_before = disk::Reads::now();
-    let search_load = search(run.clients, times.latency, None).await?;
+    let search_load = on_server(pid, search(run.clients, times.latency, None)).await?;
     answered("search", &search_load)?;
-    let search_paced = search(run.clients, times.latency, Some(search_load.rate() * PACED)).await?;
-    let search_one = search(1, times.single, None).await?;
+    let search_rate = Some(search_load.rate() * PACED);
+    let search_paced = on_server(pid, search(run.clients, times.latency, search_rate)).await?;
+    let search_one = on_server(pid, search(1, times.single, None)).await?;
     let after_reads = server.memory()?;
     let search_reads = reads_before.since(&disk::Reads::now());
     progress(format!(
@@ -682,6 +707,11 @@ async fn measure(
         search_paced.all().ms(99.0),
         after_reads.rss_mb(),
         search_reads.mib()
+    ));
+    progress(format!(
+        "open loop, get: {}; search: {}",
+        get_paced.stalls(report::GET_P99).text(),
+        search_paced.stalls(report::SEARCH_P99).text()
     ));
 
     // 3. and 4. Stripe webhook ingest, then the same deliveries again.
@@ -716,27 +746,33 @@ async fn measure(
     };
     let ingest = {
         let delivery = delivery.clone();
-        drive(
-            addr,
-            plan,
-            1,
-            move |n| (0, delivery(n)),
-            |s, b| s.as_u16() == 200 && contains(b, b"\"stored\""),
+        on_server(
+            pid,
+            drive(
+                addr,
+                plan,
+                1,
+                move |n| (0, delivery(n)),
+                |s, b| s.as_u16() == 200 && contains(b, b"\"stored\""),
+            ),
         )
         .await?
     };
     progress(format!("ingest: {:.0}/s", ingest.rate()));
     progress("scenario 4: duplicate deliveries");
     let stored = ingest.issued;
-    let duplicate = drive(
-        addr,
-        Plan {
-            measure: times.duplicate,
-            ..plan
-        },
-        1,
-        move |n| (0, delivery(spread(n) % stored)),
-        |s, b| s.as_u16() == 200 && contains(b, b"\"duplicate\""),
+    let duplicate = on_server(
+        pid,
+        drive(
+            addr,
+            Plan {
+                measure: times.duplicate,
+                ..plan
+            },
+            1,
+            move |n| (0, delivery(spread(n) % stored)),
+            |s, b| s.as_u16() == 200 && contains(b, b"\"duplicate\""),
+        ),
     )
     .await?;
     progress(format!("duplicates: {:.0}/s", duplicate.rate()));
@@ -746,8 +782,11 @@ async fn measure(
     // The open-loop rows' floors: the empty handler at the same rates, once
     // the server's last writes have settled.
     tokio::time::sleep(times.settle).await;
-    let get_floor = floors::open_loop(run.clients, offered(&get_paced)?, &times).await?;
-    let search_floor = floors::open_loop(run.clients, offered(&search_paced)?, &times).await?;
+    let get_rate = offered(&get_paced)?;
+    let get_floor = floors::open_loop(run.clients, get_rate, report::GET_P99, &times).await?;
+    let search_rate = offered(&search_paced)?;
+    let search_floor =
+        floors::open_loop(run.clients, search_rate, report::SEARCH_P99, &times).await?;
 
     for (name, o) in [
         ("create", &create),
@@ -800,6 +839,8 @@ async fn measure(
                 "spinning_threads": floors.pauses.threads,
                 "over_1ms_per_core_per_s": floors.pauses.per_core_s,
                 "longest_ms": floors.pauses.longest_ms,
+                "late_ms": floors::LATE.as_secs_f64() * 1000.0,
+                "arrivals_waiting_over_late_share": floors.pauses.late_share,
             },
             "http_empty_handler": {
                 "clients": run.clients, "per_s": floors.http_rate,
@@ -834,6 +875,22 @@ fn answered(name: &str, o: &load::Outcome) -> anyhow::Result<()> {
         bail!("scenario {name} completed no request in its measured time");
     }
     Ok(())
+}
+
+/// Runs a scenario and notes what the server's threads used meanwhile
+/// ([`sched::Usage`]), per request sent and per second of the run.
+async fn on_server(
+    pid: u32,
+    scenario: impl std::future::Future<Output = anyhow::Result<load::Outcome>>,
+) -> anyhow::Result<load::Outcome> {
+    let before = sched::Threads::of(pid);
+    let start = Instant::now();
+    let mut outcome = scenario.await?;
+    let wall = start.elapsed();
+    outcome.server = before
+        .zip(sched::Threads::of(pid))
+        .map(|(before, after)| sched::Usage::new(before.since(&after), outcome.sent, wall));
+    Ok(outcome)
 }
 
 /// The rate an open-loop outcome was offered.

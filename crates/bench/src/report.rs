@@ -48,6 +48,10 @@ impl Budget {
     }
 }
 
+/// The p99 budgets of DESIGN.md §6 for a get by id and a search page.
+pub const GET_P99: Duration = Duration::from_millis(2);
+pub const SEARCH_P99: Duration = Duration::from_millis(10);
+
 /// One line of the table.
 #[derive(Debug, Clone)]
 pub struct Row {
@@ -58,6 +62,8 @@ pub struct Row {
     pub vs_http: Option<String>,
     pub vs_fsync: Option<String>,
     pub vs_aead: Option<String>,
+    /// What the server's threads used during the scenario.
+    pub server: Option<String>,
     pub json: Value,
 }
 
@@ -70,7 +76,17 @@ impl Row {
             vs_http: None,
             vs_fsync: None,
             vs_aead: None,
+            server: None,
             json: Value::Null,
+        }
+    }
+
+    /// Notes what the server's threads used during `o`, if it was measured
+    /// (after `json` is set).
+    fn server_use(&mut self, o: &Outcome) {
+        if let Some(u) = o.server {
+            self.server = Some(u.text());
+            self.json["server_threads"] = u.json();
         }
     }
 
@@ -109,6 +125,7 @@ pub fn table(rows: &[Row]) -> Table {
         "vs HTTP floor",
         "vs fsync floor",
         "in AEAD opens",
+        "server threads",
     ]);
     let dash = || "—".to_string();
     for r in rows {
@@ -124,6 +141,7 @@ pub fn table(rows: &[Row]) -> Table {
             Cell::new(r.vs_http.clone().unwrap_or_else(dash)).set_alignment(CellAlignment::Right),
             Cell::new(r.vs_fsync.clone().unwrap_or_else(dash)).set_alignment(CellAlignment::Right),
             Cell::new(r.vs_aead.clone().unwrap_or_else(dash)).set_alignment(CellAlignment::Right),
+            Cell::new(r.server.clone().unwrap_or_else(dash)),
         ]);
     }
     t
@@ -242,14 +260,28 @@ pub fn rows(run: &RunArgs, cores: usize, floors: &Floors, m: Measured, s: Starts
         r.json = json!({ "p50_ms": l.ms(50.0), "p99_ms": l.ms(99.0), "max_ms": l.ms(100.0),
                          "count": l.samples(), "per_s": l.samples() as f64 / o.elapsed.as_secs_f64(),
                          "open_loop_per_s": o.offered, "clients": o.clients });
+        if let Floor::Open(f) = floor {
+            let must = match budget {
+                Budget::AtMost { must, .. } | Budget::AtLeast { must, .. } => must,
+            };
+            let stalls = o.stalls(Duration::from_secs_f64(must / 1000.0));
+            r.figure = format!("{} · {}", r.figure, stalls.text());
+            r.json["stalls"] = stalls.json();
+            r.json["floor_stalls"] = f.stalls.json();
+        }
+        r
+    };
+    // The rows of a whole run also say what the server's threads used.
+    let with_server = |mut r: Row, o: &Outcome| {
+        r.server_use(o);
         r
     };
     let get_budget = Budget::AtMost {
-        must: 2.0,
+        must: GET_P99.as_secs_f64() * 1000.0,
         aim: Some(1.0),
     };
     let search_budget = Budget::AtMost {
-        must: 10.0,
+        must: SEARCH_P99.as_secs_f64() * 1000.0,
         aim: Some(5.0),
     };
     let mut rows = Vec::new();
@@ -274,6 +306,7 @@ pub fn rows(run: &RunArgs, cores: usize, floors: &Floors, m: Measured, s: Starts
     r.vs_fsync = Some(vs_fsync(m.create.rate()));
     r.vs_aead = Some(aead_rate(m.create.rate()));
     r.json = throughput(m.create);
+    r.server_use(m.create);
     rows.push(r);
 
     let paced = |o: &Outcome| {
@@ -283,50 +316,68 @@ pub fn rows(run: &RunArgs, cores: usize, floors: &Floors, m: Measured, s: Starts
             crate::PACED * 100.0
         )
     };
-    rows.push(latency_row(
-        format!("2. get by id at {scale}, {c} clients, closed loop"),
-        m.get_load.all(),
-        m.get_load,
-        Floor::Closed,
-        get_budget,
-    ));
-    rows.push(latency_row(
-        format!("2. get by id at {scale}, {}", paced(m.get_paced)),
-        m.get_paced.all(),
-        m.get_paced,
-        Floor::Open(m.get_floor),
-        get_budget,
-    ));
-    rows.push(latency_row(
-        format!("2. get by id at {scale}, 1 client"),
-        m.get_one.all(),
-        m.get_one,
-        Floor::One,
-        get_budget,
-    ));
-    rows.push(latency_row(
-        format!("2. search page (50 rows) at {scale}, {c} clients, closed loop, mixed"),
-        m.search_load.all(),
-        m.search_load,
-        Floor::Closed,
-        search_budget,
-    ));
-    rows.push(latency_row(
-        format!(
-            "2. search page (50 rows) at {scale}, {}, mixed",
-            paced(m.search_paced)
+    rows.push(with_server(
+        latency_row(
+            format!("2. get by id at {scale}, {c} clients, closed loop"),
+            m.get_load.all(),
+            m.get_load,
+            Floor::Closed,
+            get_budget,
         ),
-        m.search_paced.all(),
-        m.search_paced,
-        Floor::Open(m.search_floor),
-        search_budget,
+        m.get_load,
     ));
-    rows.push(latency_row(
-        format!("2. search page (50 rows) at {scale}, 1 client, mixed"),
-        m.search_one.all(),
+    rows.push(with_server(
+        latency_row(
+            format!("2. get by id at {scale}, {}", paced(m.get_paced)),
+            m.get_paced.all(),
+            m.get_paced,
+            Floor::Open(m.get_floor),
+            get_budget,
+        ),
+        m.get_paced,
+    ));
+    rows.push(with_server(
+        latency_row(
+            format!("2. get by id at {scale}, 1 client"),
+            m.get_one.all(),
+            m.get_one,
+            Floor::One,
+            get_budget,
+        ),
+        m.get_one,
+    ));
+    rows.push(with_server(
+        latency_row(
+            format!("2. search page (50 rows) at {scale}, {c} clients, closed loop, mixed"),
+            m.search_load.all(),
+            m.search_load,
+            Floor::Closed,
+            search_budget,
+        ),
+        m.search_load,
+    ));
+    rows.push(with_server(
+        latency_row(
+            format!(
+                "2. search page (50 rows) at {scale}, {}, mixed",
+                paced(m.search_paced)
+            ),
+            m.search_paced.all(),
+            m.search_paced,
+            Floor::Open(m.search_floor),
+            search_budget,
+        ),
+        m.search_paced,
+    ));
+    rows.push(with_server(
+        latency_row(
+            format!("2. search page (50 rows) at {scale}, 1 client, mixed"),
+            m.search_one.all(),
+            m.search_one,
+            Floor::One,
+            search_budget,
+        ),
         m.search_one,
-        Floor::One,
-        search_budget,
     ));
     // Under load every kind waits in the same queue; alone, each shows its own cost.
     for (k, what) in SEARCHES.iter().enumerate() {
@@ -360,6 +411,7 @@ pub fn rows(run: &RunArgs, cores: usize, floors: &Floors, m: Measured, s: Starts
     r.vs_fsync = Some(vs_fsync(m.ingest.rate()));
     r.vs_aead = Some(aead_rate(m.ingest.rate()));
     r.json = throughput(m.ingest);
+    r.server_use(m.ingest);
     rows.push(r);
 
     let mut r = Row::new(
@@ -374,6 +426,7 @@ pub fn rows(run: &RunArgs, cores: usize, floors: &Floors, m: Measured, s: Starts
     r.vs_fsync = Some(vs_fsync(m.duplicate.rate()));
     r.vs_aead = Some(aead_rate(m.duplicate.rate()));
     r.json = throughput(m.duplicate);
+    r.server_use(m.duplicate);
     rows.push(r);
 
     let memory = |name: String, mem: server::Memory, budget: Option<Budget>| {
@@ -461,8 +514,11 @@ pub fn rows(run: &RunArgs, cores: usize, floors: &Floors, m: Measured, s: Starts
                 floors.pauses.threads
             ),
             format!(
-                "{:.1}/s over 1 ms per core · longest {:.2} ms",
-                floors.pauses.per_core_s, floors.pauses.longest_ms
+                "{:.1}/s over 1 ms per core · longest {:.2} ms · {:.2}% of arrivals would wait over {} ms",
+                floors.pauses.per_core_s,
+                floors.pauses.longest_ms,
+                floors.pauses.late_share * 100.0,
+                crate::floors::LATE.as_millis()
             ),
         ),
         Row::new(
@@ -488,7 +544,12 @@ pub fn rows(run: &RunArgs, cores: usize, floors: &Floors, m: Measured, s: Starts
                 "floor: empty axum handler, {c} connections, open loop at {} (the {row} rate)",
                 per_s(f.rate)
             ),
-            format!("p50 {:.3} ms · p99 {:.3} ms", f.p50, f.p99),
+            format!(
+                "p50 {:.3} ms · p99 {:.3} ms · {}",
+                f.p50,
+                f.p99,
+                f.stalls.text()
+            ),
         ));
     }
     rows.append(&mut floor_rows);

@@ -1,0 +1,170 @@
+//! What the server's threads did while a scenario ran: their time on a CPU,
+//! and their time ready to run but waiting for one (the run queue), from
+//! `/proc/<pid>/task/<tid>/schedstat` (nanoseconds). The CPU time per
+//! request is what the server's code costs at that load; the wait is what
+//! sharing two cores with the load generator (and anything else) adds to
+//! the latencies. Threads are matched by id between two samples, so a
+//! thread that ends in between (an idle blocking-pool thread, say) loses
+//! only its time inside the window.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+/// Each thread's time on a CPU and waiting for one, by thread id.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Threads(HashMap<u64, (Duration, Duration)>);
+
+/// Time on a CPU and time waiting for one, summed over threads.
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+pub struct Used {
+    pub on_cpu: Duration,
+    pub waiting: Duration,
+}
+
+/// A thread's time on a CPU and waiting on a run queue, from its schedstat
+/// line (`on_cpu_ns waiting_ns timeslices`).
+fn parse(line: &str) -> Option<(Duration, Duration)> {
+    let mut f = line.split_whitespace().map(|v| v.parse::<u64>().ok());
+    Some((
+        Duration::from_nanos(f.next()??),
+        Duration::from_nanos(f.next()??),
+    ))
+}
+
+impl Threads {
+    /// The process `pid`'s threads now; `None` when none can be read (the
+    /// kernel keeps no schedstats, or the process is gone).
+    pub fn of(pid: u32) -> Option<Threads> {
+        let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+        let mut t = HashMap::new();
+        for task in tasks.flatten() {
+            let Some(tid) = task.file_name().to_str().and_then(|n| n.parse().ok()) else {
+                continue;
+            };
+            if let Some(times) = std::fs::read_to_string(task.path().join("schedstat"))
+                .ok()
+                .and_then(|l| parse(&l))
+            {
+                t.insert(tid, times);
+            }
+        }
+        (!t.is_empty()).then_some(Threads(t))
+    }
+
+    /// From this sample to a `later` one: each thread of `later` counted
+    /// from its time here (from zero if it started in between).
+    pub fn since(&self, later: &Threads) -> Used {
+        let mut used = Used::default();
+        for (tid, &(cpu, wait)) in &later.0 {
+            let (cpu0, wait0) = self.0.get(tid).copied().unwrap_or_default();
+            used.on_cpu += cpu.saturating_sub(cpu0);
+            used.waiting += wait.saturating_sub(wait0);
+        }
+        used
+    }
+}
+
+/// The server's threads over one scenario: CPU per request, and run-queue
+/// wait per second of the scenario (summed over threads, so above 1,000
+/// when several wait at once).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Usage {
+    pub cpu_us_per_request: f64,
+    pub waiting_ms_per_s: f64,
+}
+
+impl Usage {
+    /// `used` over `requests` sent in `wall` time.
+    pub fn new(used: Used, requests: u64, wall: Duration) -> Usage {
+        let per = |x: f64, n: f64| if n > 0.0 { x / n } else { 0.0 };
+        Usage {
+            cpu_us_per_request: per(used.on_cpu.as_secs_f64() * 1e6, requests as f64),
+            waiting_ms_per_s: per(used.waiting.as_secs_f64() * 1e3, wall.as_secs_f64()),
+        }
+    }
+
+    pub fn text(&self) -> String {
+        format!(
+            "{:.0} µs CPU per request · threads waited {:.0} ms/s for a core",
+            self.cpu_us_per_request, self.waiting_ms_per_s
+        )
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "cpu_us_per_request": self.cpu_us_per_request,
+            "run_queue_wait_ms_per_s": self.waiting_ms_per_s,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_schedstat_line_gives_cpu_and_wait() {
+        assert_eq!(
+            parse("123456 7890 42\n"),
+            Some((Duration::from_nanos(123456), Duration::from_nanos(7890)))
+        );
+        assert_eq!(parse("12"), None);
+        assert_eq!(parse(""), None);
+    }
+
+    #[test]
+    fn threads_are_matched_by_id_so_one_that_ended_loses_only_its_own_time() {
+        let ms = Duration::from_millis;
+        let before = Threads(HashMap::from([
+            (1, (ms(100), ms(10))),
+            (2, (ms(900), ms(90))),
+        ]));
+        // Thread 2 ended; thread 3 started.
+        let later = Threads(HashMap::from([(1, (ms(150), ms(30))), (3, (ms(5), ms(1)))]));
+        assert_eq!(
+            before.since(&later),
+            Used {
+                on_cpu: ms(55),
+                waiting: ms(21)
+            }
+        );
+    }
+
+    #[test]
+    fn this_process_threads_are_read_and_grow_with_work() {
+        if !std::path::Path::new("/proc/thread-self/schedstat").exists() {
+            eprintln!("skipped: this kernel keeps no schedstats");
+            return;
+        }
+        let me = std::process::id();
+        let before = Threads::of(me).expect("this process's threads");
+        // Spin until the threads have used 20 ms of CPU (however long a
+        // busy machine takes to give them that), up to 10 s.
+        let start = std::time::Instant::now();
+        let mut x = 0u64;
+        let used = loop {
+            for _ in 0..100_000 {
+                x = x.wrapping_add(std::hint::black_box(1));
+            }
+            let used = before.since(&Threads::of(me).expect("this process's threads"));
+            if used.on_cpu >= Duration::from_millis(20) || start.elapsed() > Duration::from_secs(10)
+            {
+                break used;
+            }
+        };
+        assert!(x > 0);
+        assert!(used.on_cpu >= Duration::from_millis(20), "{used:?}");
+    }
+
+    #[test]
+    fn usage_is_per_request_and_per_second() {
+        let used = Used {
+            on_cpu: Duration::from_millis(500),
+            waiting: Duration::from_millis(300),
+        };
+        let u = Usage::new(used, 10_000, Duration::from_secs(2));
+        assert_eq!(u.cpu_us_per_request, 50.0);
+        assert_eq!(u.waiting_ms_per_s, 150.0);
+        assert_eq!(Usage::new(used, 0, Duration::ZERO).cpu_us_per_request, 0.0);
+    }
+}
