@@ -630,32 +630,35 @@ async fn measure(
 
     // 2. Get by id and search.
     let ids: Arc<Vec<(String, u64)>> = Arc::new(seeded.sample);
+    // Each run notes what the server's threads used meanwhile.
     let get = |clients: usize, measure: Duration, rate: Option<f64>| {
         let (token, ids) = (token.clone(), ids.clone());
-        drive(
-            addr,
-            Plan {
-                clients,
-                measure,
-                rate,
-                ..plan
-            },
-            1,
-            move |i| {
-                let (id, _) = &ids[(spread(i) % ids.len() as u64) as usize];
-                let path = format!("/v1/credentials/{id}");
-                (0, request("GET", addr, &path, Some(&token), None))
-            },
-            |s, _| s.as_u16() == 200,
+        on_server(
+            pid,
+            drive(
+                addr,
+                Plan {
+                    clients,
+                    measure,
+                    rate,
+                    ..plan
+                },
+                1,
+                move |i| {
+                    let (id, _) = &ids[(spread(i) % ids.len() as u64) as usize];
+                    let path = format!("/v1/credentials/{id}");
+                    (0, request("GET", addr, &path, Some(&token), None))
+                },
+                |s, _| s.as_u16() == 200,
+            ),
         )
     };
     progress("scenario 2: get by id");
     let reads_before = disk::Reads::now();
-    let get_load = on_server(pid, get(run.clients, times.latency, None)).await?;
+    let get_load = get(run.clients, times.latency, None).await?;
     answered("get", &get_load)?;
-    let get_rate = Some(get_load.rate() * PACED);
-    let get_paced = on_server(pid, get(run.clients, times.latency, get_rate)).await?;
-    let get_one = on_server(pid, get(1, times.single, None)).await?;
+    let get_paced = get(run.clients, times.latency, Some(get_load.rate() * PACED)).await?;
+    let get_one = get(1, times.single, None).await?;
     let after_gets = server.memory()?;
     let get_reads = reads_before.since(&disk::Reads::now());
     progress(format!(
@@ -663,39 +666,42 @@ async fn measure(
         get_reads.mib(),
         get_reads.refaults
     ));
+    // Each run notes what the server's threads used meanwhile.
     let search = |clients: usize, measure: Duration, rate: Option<f64>| {
         let (token, ids) = (token.clone(), ids.clone());
-        drive(
-            addr,
-            Plan {
-                clients,
-                measure,
-                rate,
-                ..plan
-            },
-            SEARCHES.len(),
-            move |i| {
-                let kind = (i % SEARCHES.len() as u64) as usize;
-                let r = spread(i);
-                let q = match kind {
-                    0 => seed::PURPOSES[(r % 8) as usize].to_string(),
-                    1 => seed::customer(r),
-                    2 => format!("{:07}", ids[(r % ids.len() as u64) as usize].1),
-                    _ => ["stripe", "github"][(r % 2) as usize].to_string(),
-                };
-                let path = format!("/v1/credentials?q={}&limit=50", q.replace(' ', "%20"));
-                (kind, request("GET", addr, &path, Some(&token), None))
-            },
-            |s, b| s.as_u16() == 200 && contains(b, b"\"items\""),
+        on_server(
+            pid,
+            drive(
+                addr,
+                Plan {
+                    clients,
+                    measure,
+                    rate,
+                    ..plan
+                },
+                SEARCHES.len(),
+                move |i| {
+                    let kind = (i % SEARCHES.len() as u64) as usize;
+                    let r = spread(i);
+                    let q = match kind {
+                        0 => seed::PURPOSES[(r % 8) as usize].to_string(),
+                        1 => seed::customer(r),
+                        2 => format!("{:07}", ids[(r % ids.len() as u64) as usize].1),
+                        _ => ["stripe", "github"][(r % 2) as usize].to_string(),
+                    };
+                    let path = format!("/v1/credentials?q={}&limit=50", q.replace(' ', "%20"));
+                    (kind, request("GET", addr, &path, Some(&token), None))
+                },
+                |s, b| s.as_u16() == 200 && contains(b, b"\"items\""),
+            ),
         )
     };
     progress("scenario 2: search page");
     let reads_before = disk::Reads::now();
-    let search_load = on_server(pid, search(run.clients, times.latency, None)).await?;
+    let search_load = search(run.clients, times.latency, None).await?;
     answered("search", &search_load)?;
-    let search_rate = Some(search_load.rate() * PACED);
-    let search_paced = on_server(pid, search(run.clients, times.latency, search_rate)).await?;
-    let search_one = on_server(pid, search(1, times.single, None)).await?;
+    let search_paced = search(run.clients, times.latency, Some(search_load.rate() * PACED)).await?;
+    let search_one = search(1, times.single, None).await?;
     let after_reads = server.memory()?;
     let search_reads = reads_before.since(&disk::Reads::now());
     progress(format!(
