@@ -827,24 +827,25 @@ impl Store for SqliteStore {
             // No name holds a NUL, and FTS5 would read one as the end of
             // its query: such a query matches by integration only.
             let by_name = !q.contains('\0');
-            if by_name
-                && q.chars().count() >= 3
-                && q_integrations.is_empty()
-                && fts_matches_fewer_than(c, &q, FTS_DRIVES_BELOW)?
-            {
-                // Few names match: walk the index's matches, not the
-                // tenant's rows (SQLite keeps no statistics, and would
-                // otherwise test a million rows against a handful of hits).
-                let sql = format!(
-                    "SELECT {CREDENTIAL_COLUMNS} FROM
-                       (SELECT rowid AS hit FROM credentials_fts WHERE credentials_fts MATCH ?) f
-                     CROSS JOIN credentials c ON c.seq = f.hit
-                     WHERE {base} ORDER BY c.id DESC LIMIT ?"
-                );
-                let mut args: Vec<Value> = vec![fts_phrase(&q).into()];
-                args.extend(base_args);
-                args.push((limit as i64 + 1).into());
-                return Ok(page(query_credentials(c, &sql, args)?, limit, |c| &c.id));
+            if by_name && q.chars().count() >= 3 && q_integrations.is_empty() {
+                if let Some(hits) = fts_hits_below(c, &q, FTS_DRIVES_BELOW)? {
+                    // Few names match: walk those matches, not the tenant's
+                    // rows (SQLite keeps no statistics, and would otherwise
+                    // test a million rows against a handful of hits). The
+                    // matches just read drive the query: matching the phrase
+                    // again would cost as much as finding them did.
+                    let sql = format!(
+                        "SELECT {CREDENTIAL_COLUMNS} FROM
+                           (SELECT value AS hit FROM json_each(?)) f
+                         CROSS JOIN credentials c ON c.seq = f.hit
+                         WHERE {base} ORDER BY c.id DESC LIMIT ?"
+                    );
+                    let hits = serde_json::to_string(&hits).map_err(backend)?;
+                    let mut args: Vec<Value> = vec![hits.into()];
+                    args.extend(base_args);
+                    args.push((limit as i64 + 1).into());
+                    return Ok(page(query_credentials(c, &sql, args)?, limit, |c| &c.id));
+                }
             }
             let mut alternatives = Vec::new();
             let mut args = base_args;
@@ -1843,18 +1844,19 @@ fn query_credentials(c: &Connection, sql: &str, args: Vec<Value>) -> Result<Vec<
 }
 
 /// Below this many full-text matches a search is driven by the matches.
-const FTS_DRIVES_BELOW: i64 = 2000;
+const FTS_DRIVES_BELOW: usize = 2000;
 
-/// Whether the name index holds fewer than `n` matches of `q` (any tenant).
-fn fts_matches_fewer_than(c: &Connection, q: &str, n: i64) -> Result<bool> {
-    let found: i64 = c
-        .prepare_cached(
-            "SELECT count(*) FROM
-               (SELECT 1 FROM credentials_fts WHERE credentials_fts MATCH ?1 LIMIT ?2)",
-        )
-        .and_then(|mut s| s.query_row(params![fts_phrase(q), n], |r| r.get(0)))
+/// The rowids of the name index's matches of `q` (any tenant) when there
+/// are fewer than `n`; `None` when there are `n` or more.
+fn fts_hits_below(c: &Connection, q: &str, n: usize) -> Result<Option<Vec<i64>>> {
+    let hits = c
+        .prepare_cached("SELECT rowid FROM credentials_fts WHERE credentials_fts MATCH ?1 LIMIT ?2")
+        .and_then(|mut s| {
+            s.query_map(params![fts_phrase(q), n as i64], |r| r.get(0))?
+                .collect::<rusqlite::Result<Vec<i64>>>()
+        })
         .map_err(backend)?;
-    Ok(found < n)
+    Ok((hits.len() < n).then_some(hits))
 }
 
 /// Walks the newest rows (names and integrations only, from a covering
