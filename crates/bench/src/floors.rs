@@ -1,7 +1,8 @@
 //! The machine's own limits, measured in the same run as the scenarios: the
 //! disk's fsync rate (durability floor), one core's rate of bare AEAD opens
 //! (crypto floor), an empty axum handler on the server's runtime settings
-//! (HTTP floor), and how often the machine takes a busy core away (pause
+//! (HTTP floor), how often the machine takes a busy core away (pause
+//! floor), and what it charges for memory its caches do not hold (memory
 //! floor). Nothing here knows Latchkey.
 
 use std::io::{BufRead, BufReader, Write};
@@ -25,11 +26,12 @@ pub struct Floors {
     pub http1_p50: f64,
     pub http1_p99: f64,
     pub pauses: Pauses,
+    pub memory: Memory,
 }
 
 /// Measures every floor: fsync in `dir`'s filesystem, AEAD opens, the
-/// pauses of busy cores, and the empty handler with `clients` clients and
-/// with one.
+/// pauses of busy cores, memory (a cached file in `dir`), and the empty
+/// handler with `clients` clients and with one.
 pub async fn measure(dir: &Path, clients: usize, times: &Times) -> anyhow::Result<Floors> {
     // Floors.
     let fsync_per_s = fsync_rate(dir, times.fsync)?;
@@ -44,6 +46,15 @@ pub async fn measure(dir: &Path, clients: usize, times: &Times) -> anyhow::Resul
         pauses.longest_ms,
         pauses.late_share * 100.0,
         LATE.as_millis()
+    ));
+    let memory = memory(dir, MEMORY_SPAN, times.aead)?;
+    progress(format!(
+        "memory floor: {:.0} ns a random read in {} MiB, {:.0} ns a fresh 4 KiB page, \
+         {:.0} ns a 4 KiB read of a cached file",
+        memory.random_read_ns,
+        MEMORY_SPAN >> 20,
+        memory.page_fault_ns,
+        memory.cached_pread_ns
     ));
     let floor_server = FloorServer::start()?;
     let plan = Plan {
@@ -83,6 +94,7 @@ pub async fn measure(dir: &Path, clients: usize, times: &Times) -> anyhow::Resul
         http1_p50: floor_one.all().ms(50.0),
         http1_p99: floor_one.all().ms(99.0),
         pauses,
+        memory,
     };
     progress(format!(
         "HTTP floor: {:.0}/s, p50 {:.2} ms, p99 {:.2} ms ({} clients); one client p50 {:.3} ms, p99 {:.3} ms",
@@ -240,6 +252,105 @@ pub fn pauses(threads: usize, time: Duration) -> anyhow::Result<Pauses> {
     Ok(summarize(&seen))
 }
 
+/// The span [`memory`] reads at random: far more than any CPU cache, and
+/// than its TLB covers in 4 KiB pages, as a B-tree of a million rows is.
+pub const MEMORY_SPAN: usize = 256 << 20;
+
+/// What the machine charges for memory its caches do not hold. A request
+/// that walks a B-tree pays the first at every node not in the CPU's
+/// caches, and SQLite the third for every page its own cache lacks; the
+/// allocator pays the second when it takes fresh memory from the kernel.
+/// The AEAD and HTTP floors run in the caches and hardly see these, so on
+/// a machine (a nested virtual machine, say) where these are dear, the
+/// scenarios read low against those floors; these figures show what that
+/// machine charges, so two runs on different machines can be told apart.
+/// They are not judged, and do not say how much of a request they are.
+/// All three are on one thread.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Memory {
+    /// One read at a random place in [`MEMORY_SPAN`] bytes, each read's
+    /// address depending on the one before (so none overlap), in ns.
+    pub random_read_ns: f64,
+    /// The first write to each 4 KiB of freshly allocated memory (a page
+    /// fault, unless the kernel hands out larger pages), in ns per 4 KiB.
+    pub page_fault_ns: f64,
+    /// A 4 KiB `pread` at a random 4 KiB offset of a 16 MiB file the page
+    /// cache holds (a system call and a copy), in ns.
+    pub cached_pread_ns: f64,
+}
+
+/// The next place of the random walk over `mask + 1` (a power of two)
+/// slots: a full-period linear congruential step, plus the value just read
+/// (always 0) so that the next address waits for that read.
+fn next_slot(at: usize, read: u64, mask: usize) -> usize {
+    (at.wrapping_mul(6364136223846793005u64 as usize)
+        .wrapping_add(1442695040888963407u64 as usize)
+        .wrapping_add(read as usize))
+        & mask
+}
+
+/// Measures [`Memory`] over `span` bytes (a power of two, at least 4 KiB),
+/// reading for `time`, with the file in `dir`.
+pub fn memory(dir: &Path, span: usize, time: Duration) -> anyhow::Result<Memory> {
+    use std::os::unix::fs::FileExt;
+    anyhow::ensure!(
+        span.is_power_of_two() && span >= PAGE,
+        "the span is a power of two of at least 4 KiB"
+    );
+    let slots = span / std::mem::size_of::<u64>();
+    let per_page = PAGE / std::mem::size_of::<u64>();
+    // Zeroed and not yet touched: each page faults on its first write, and
+    // is then there for the walk.
+    let mut walk = vec![0u64; slots];
+    let start = Instant::now();
+    for i in (0..slots).step_by(per_page) {
+        walk[i] = std::hint::black_box(0);
+    }
+    let page_fault_ns = per_op_ns(start.elapsed(), (slots / per_page) as u64);
+    let mask = slots - 1;
+    let (mut at, mut reads) = (0usize, 0u64);
+    let start = Instant::now();
+    while start.elapsed() < time {
+        for _ in 0..4096 {
+            at = next_slot(at, walk[at], mask);
+        }
+        reads += 4096;
+    }
+    let random_read_ns = per_op_ns(start.elapsed(), reads);
+    std::hint::black_box(at);
+    drop(walk);
+
+    const FILE: usize = 16 << 20;
+    let mut file = tempfile::tempfile_in(dir)
+        .with_context(|| format!("cannot create a file in {}", dir.display()))?;
+    file.write_all(&vec![0x5au8; FILE])?;
+    let mut page = vec![0u8; PAGE];
+    let pages = (FILE / PAGE) as u64;
+    let (mut x, mut preads) = (0x9e37_79b9_7f4a_7c15u64, 0u64);
+    let start = Instant::now();
+    while start.elapsed() < time {
+        for _ in 0..256 {
+            // xorshift64: a random page of the file.
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            file.read_exact_at(&mut page, (x % pages) * PAGE as u64)?;
+        }
+        preads += 256;
+    }
+    Ok(Memory {
+        random_read_ns,
+        page_fault_ns,
+        cached_pread_ns: per_op_ns(start.elapsed(), preads),
+    })
+}
+
+const PAGE: usize = 4096;
+
+fn per_op_ns(took: Duration, ops: u64) -> f64 {
+    took.as_secs_f64() * 1e9 / ops.max(1) as f64
+}
+
 /// The CPUs this process may run on (its affinity; a fractional CPU quota
 /// rounds up).
 pub fn cores() -> usize {
@@ -395,6 +506,33 @@ mod tests {
             }
         );
         assert_eq!(summarize(&[]).per_core_s, 0.0);
+    }
+
+    #[test]
+    fn the_random_walk_visits_every_slot_once_before_it_repeats() {
+        let mask = (1 << 12) - 1;
+        let mut seen = vec![false; mask + 1];
+        let mut at = 0;
+        for _ in 0..=mask {
+            assert!(!seen[at], "slot {at} visited twice");
+            seen[at] = true;
+            at = next_slot(at, 0, mask);
+        }
+        assert_eq!(at, 0, "back at the start after every slot");
+        // The value read moves the walk, so the next address waits for it.
+        assert_ne!(next_slot(5, 1, mask), next_slot(5, 0, mask));
+    }
+
+    #[test]
+    fn the_memory_floor_times_each_kind_of_access() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = memory(dir.path(), 1 << 20, Duration::from_millis(20)).unwrap();
+        for ns in [m.random_read_ns, m.page_fault_ns, m.cached_pread_ns] {
+            assert!(ns.is_finite() && ns > 0.0, "{m:?}");
+        }
+        // A system call and a 4 KiB copy cost more than one read of memory.
+        assert!(m.cached_pread_ns > m.random_read_ns, "{m:?}");
+        assert!(memory(dir.path(), 3 << 10, Duration::ZERO).is_err());
     }
 
     #[test]

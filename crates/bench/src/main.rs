@@ -16,7 +16,12 @@
 //!    takes a busy core away (one thread per usable CPU spinning on the clock:
 //!    gaps over 1 ms per second, the longest, and the share of arrivals the
 //!    gaps alone would keep waiting over 2 ms; every latency tail under load
-//!    meets these pauses), and an empty axum
+//!    meets these pauses), what memory the caches do not hold costs (one
+//!    thread: a read at a random place in 256 MiB, each address waiting
+//!    for the read before; the first touch of a fresh 4 KiB page; a 4 KiB
+//!    `pread` of a file the page cache holds: what a B-tree walk, the
+//!    allocator and SQLite's page reads pay, and the other floors hardly
+//!    see), and an empty axum
 //!    handler (`bench http-floor`, a child process on the same runtime
 //!    settings as the server) under the same client load as the scenarios.
 //! 3. First start of the server on a fresh data dir (a temporary dir; on
@@ -847,6 +852,12 @@ async fn measure(
                 "longest_ms": floors.pauses.longest_ms,
                 "late_ms": floors::LATE.as_secs_f64() * 1000.0,
                 "arrivals_waiting_over_late_share": floors.pauses.late_share,
+            },
+            "memory": {
+                "span_mib": floors::MEMORY_SPAN >> 20,
+                "random_read_ns": floors.memory.random_read_ns,
+                "fresh_4k_page_ns": floors.memory.page_fault_ns,
+                "cached_4k_pread_ns": floors.memory.cached_pread_ns,
             },
             "http_empty_handler": {
                 "clients": run.clients, "per_s": floors.http_rate,

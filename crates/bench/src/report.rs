@@ -522,6 +522,18 @@ pub fn rows(run: &RunArgs, cores: usize, floors: &Floors, m: Measured, s: Starts
             ),
         ),
         Row::new(
+            format!(
+                "floor: memory (one thread: a read at a random place in {} MiB; a fresh 4 KiB page; a 4 KiB read of a cached file)",
+                crate::floors::MEMORY_SPAN >> 20
+            ),
+            format!(
+                "read {:.0} ns · fresh page {:.0} ns · cached file read {:.0} ns",
+                floors.memory.random_read_ns,
+                floors.memory.page_fault_ns,
+                floors.memory.cached_pread_ns
+            ),
+        ),
+        Row::new(
             format!("floor: empty axum handler, {c} clients"),
             format!(
                 "{} · p50 {:.2} ms · p99 {:.2} ms",
