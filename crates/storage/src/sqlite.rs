@@ -814,67 +814,16 @@ impl Store for SqliteStore {
                 args.push((limit as i64 + 1).into());
                 return Ok(page(query_credentials(c, &sql, args)?, limit, |c| &c.id));
             };
-            // A query that matches many names is answered fastest by walking
-            // the newest rows in order; one that matches few, by the index.
             // The walk goes past its first window only where an index
             // covers it: not with an `auth_type` filter, which no index has.
             let stretch = auth_type.is_none();
-            if let Some(found) =
-                search_window(c, &base, &base_args, &q, &q_integrations, limit, stretch)?
-            {
-                return Ok(page(found, limit, |c| &c.id));
-            }
-            // No name holds a NUL, and FTS5 would read one as the end of
-            // its query: such a query matches by integration only.
-            let by_name = !q.contains('\0');
-            if by_name && q.chars().count() >= 3 && q_integrations.is_empty() {
-                if let Some(hits) = fts_hits_below(c, &q, FTS_DRIVES_BELOW)? {
-                    // Few names match: walk those matches, not the tenant's
-                    // rows (SQLite keeps no statistics, and would otherwise
-                    // test a million rows against a handful of hits). The
-                    // matches just read drive the query: matching the phrase
-                    // again would cost as much as finding them did.
-                    let sql = format!(
-                        "SELECT {CREDENTIAL_COLUMNS} FROM
-                           (SELECT value AS hit FROM json_each(?)) f
-                         CROSS JOIN credentials c ON c.seq = f.hit
-                         WHERE {base} ORDER BY c.id DESC LIMIT ?"
-                    );
-                    let hits = serde_json::to_string(&hits).map_err(backend)?;
-                    let mut args: Vec<Value> = vec![hits.into()];
-                    args.extend(base_args);
-                    args.push((limit as i64 + 1).into());
-                    return Ok(page(query_credentials(c, &sql, args)?, limit, |c| &c.id));
-                }
-            }
-            let mut alternatives = Vec::new();
-            let mut args = base_args;
-            if by_name && q.chars().count() >= 3 {
-                alternatives.push(
-                    "c.seq IN (SELECT rowid FROM credentials_fts WHERE credentials_fts MATCH ?)"
-                        .to_string(),
-                );
-                args.push(fts_phrase(&q).into());
-            } else if by_name {
-                alternatives.push("instr(lower(c.name), ?) > 0".to_string());
-                args.push(q.to_lowercase().into());
-            }
-            if !q_integrations.is_empty() {
-                alternatives.push(format!(
-                    "c.integration_id IN ({})",
-                    vec!["?"; q_integrations.len()].join(", ")
-                ));
-                args.extend(q_integrations.iter().map(|i| Value::from(i.clone())));
-            }
-            if alternatives.is_empty() {
-                return Ok(page(Vec::new(), limit, |c: &CredentialRecord| &c.id));
-            }
-            let sql = format!(
-                "SELECT {CREDENTIAL_COLUMNS} FROM credentials c WHERE {base} AND ({}) ORDER BY c.id DESC LIMIT ?",
-                alternatives.join(" OR ")
-            );
-            args.push((limit as i64 + 1).into());
-            Ok(page(query_credentials(c, &sql, args)?, limit, |c| &c.id))
+            // The walk, the index and the rows they lead to are read in one
+            // snapshot: a write committed between two of the statements
+            // could otherwise move or renumber a match.
+            c.execute_batch("BEGIN").map_err(backend)?;
+            let found = search(c, &base, base_args, &q, &q_integrations, limit, stretch);
+            c.execute_batch("COMMIT").map_err(backend)?;
+            found
         })
         .await
     }
@@ -1841,6 +1790,79 @@ fn query_credentials(c: &Connection, sql: &str, args: Vec<Value>) -> Result<Vec<
         .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
         .map_err(backend)?;
     Ok(rows)
+}
+
+/// A search of `q` among the credentials `base` selects (see
+/// `list_credentials`; `stretch` as in [`search_window`]); call it inside
+/// a read transaction.
+fn search(
+    c: &Connection,
+    base: &str,
+    base_args: Vec<Value>,
+    q: &str,
+    q_integrations: &[String],
+    limit: usize,
+    stretch: bool,
+) -> Result<Page<CredentialRecord>> {
+    // A query that matches many names is answered fastest by walking
+    // the newest rows in order; one that matches few, by the index.
+    if let Some(found) = search_window(c, base, &base_args, q, q_integrations, limit, stretch)? {
+        return Ok(page(found, limit, |c| &c.id));
+    }
+    // No name holds a NUL, and FTS5 would read one as the end of
+    // its query: such a query matches by integration only.
+    let by_name = !q.contains('\0');
+    if by_name && q.chars().count() >= 3 && q_integrations.is_empty() {
+        if let Some(hits) = fts_hits_below(c, q, FTS_DRIVES_BELOW)? {
+            if hits.is_empty() {
+                return Ok(page(Vec::new(), limit, |c: &CredentialRecord| &c.id));
+            }
+            // Few names match: walk those matches, not the tenant's
+            // rows (SQLite keeps no statistics, and would otherwise
+            // test a million rows against a handful of hits). The
+            // matches just read drive the query: matching the phrase
+            // again would cost as much as finding them did.
+            let sql = format!(
+                "SELECT {CREDENTIAL_COLUMNS} FROM
+                   (SELECT value AS hit FROM json_each(?)) f
+                 CROSS JOIN credentials c ON c.seq = f.hit
+                 WHERE {base} ORDER BY c.id DESC LIMIT ?"
+            );
+            let hits = serde_json::to_string(&hits).map_err(backend)?;
+            let mut args: Vec<Value> = vec![hits.into()];
+            args.extend(base_args);
+            args.push((limit as i64 + 1).into());
+            return Ok(page(query_credentials(c, &sql, args)?, limit, |c| &c.id));
+        }
+    }
+    let mut alternatives = Vec::new();
+    let mut args = base_args;
+    if by_name && q.chars().count() >= 3 {
+        alternatives.push(
+            "c.seq IN (SELECT rowid FROM credentials_fts WHERE credentials_fts MATCH ?)"
+                .to_string(),
+        );
+        args.push(fts_phrase(q).into());
+    } else if by_name {
+        alternatives.push("instr(lower(c.name), ?) > 0".to_string());
+        args.push(q.to_lowercase().into());
+    }
+    if !q_integrations.is_empty() {
+        alternatives.push(format!(
+            "c.integration_id IN ({})",
+            vec!["?"; q_integrations.len()].join(", ")
+        ));
+        args.extend(q_integrations.iter().map(|i| Value::from(i.clone())));
+    }
+    if alternatives.is_empty() {
+        return Ok(page(Vec::new(), limit, |c: &CredentialRecord| &c.id));
+    }
+    let sql = format!(
+        "SELECT {CREDENTIAL_COLUMNS} FROM credentials c WHERE {base} AND ({}) ORDER BY c.id DESC LIMIT ?",
+        alternatives.join(" OR ")
+    );
+    args.push((limit as i64 + 1).into());
+    Ok(page(query_credentials(c, &sql, args)?, limit, |c| &c.id))
 }
 
 /// Below this many full-text matches a search is driven by the matches.

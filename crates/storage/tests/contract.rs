@@ -1271,6 +1271,16 @@ async fn search_dense_and_sparse() {
             names(&s, "ten_b", "needle", &[], 50).await,
             ["Needle other"]
         );
+        // Through the index with no match, and with matches of another
+        // tenant's names only.
+        assert_eq!(
+            names(&s, "ten_a", "nowhere", &[], 50).await,
+            Vec::<String>::new()
+        );
+        assert_eq!(
+            names(&s, "ten_a", "zmir str", &[], 50).await,
+            Vec::<String>::new()
+        );
         // Short queries scan.
         assert_eq!(names(&s, "ten_a", "xy", &[], 50).await, ["Xy old"]);
         // Letters beyond ASCII fold too: through the index (one match in
