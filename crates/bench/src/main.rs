@@ -17,11 +17,11 @@
 //!    gaps over 1 ms per second, the longest, and the share of arrivals the
 //!    gaps alone would keep waiting over 2 ms; every latency tail under load
 //!    meets these pauses), what memory the caches do not hold costs (one
-//!    thread: a read at a random place in 256 MiB, each address waiting
-//!    for the read before; the first touch of a fresh 4 KiB page; a 4 KiB
-//!    `pread` of a file the page cache holds: what a B-tree walk, the
-//!    allocator and SQLite's page reads pay, and the other floors hardly
-//!    see), and an empty axum
+//!    thread: a read at a random place in 256 MiB, each address the value
+//!    the read before returned; a page fault of fresh memory, with how many
+//!    the 256 MiB took and the kernel's huge page mode; a 4 KiB `pread` of
+//!    a file just written: what a B-tree walk, the allocator and SQLite's
+//!    page reads pay, and the other floors hardly see), and an empty axum
 //!    handler (`bench http-floor`, a child process on the same runtime
 //!    settings as the server) under the same client load as the scenarios.
 //! 3. First start of the server on a fresh data dir (a temporary dir; on
@@ -856,7 +856,9 @@ async fn measure(
             "memory": {
                 "span_mib": floors::MEMORY_SPAN >> 20,
                 "random_read_ns": floors.memory.random_read_ns,
-                "fresh_4k_page_ns": floors.memory.page_fault_ns,
+                "page_fault_ns": floors.memory.fault_ns,
+                "page_faults_taken": floors.memory.faults,
+                "transparent_huge_pages": floors.memory.huge_pages,
                 "cached_4k_pread_ns": floors.memory.cached_pread_ns,
             },
             "http_empty_handler": {

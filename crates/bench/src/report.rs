@@ -523,13 +523,15 @@ pub fn rows(run: &RunArgs, cores: usize, floors: &Floors, m: Measured, s: Starts
         ),
         Row::new(
             format!(
-                "floor: memory (one thread: a read at a random place in {} MiB; a fresh 4 KiB page; a 4 KiB read of a cached file)",
+                "floor: memory (one thread: a read at a random place in {} MiB; a page fault of fresh memory; a 4 KiB read of a file just written)",
                 crate::floors::MEMORY_SPAN >> 20
             ),
             format!(
-                "read {:.0} ns · fresh page {:.0} ns · cached file read {:.0} ns",
+                "read {:.0} ns · fault {:.0} ns ({} taken, huge pages {}) · file read {:.0} ns",
                 floors.memory.random_read_ns,
-                floors.memory.page_fault_ns,
+                floors.memory.fault_ns,
+                floors.memory.faults,
+                floors.memory.huge_pages.as_deref().unwrap_or("?"),
                 floors.memory.cached_pread_ns
             ),
         ),
