@@ -30,7 +30,7 @@ pub struct Floors {
 }
 
 /// Measures every floor: fsync in `dir`'s filesystem, AEAD opens, the
-/// pauses of busy cores, memory (a cached file in `dir`), and the empty
+/// pauses of busy cores, memory (with a file written in `dir`), and the empty
 /// handler with `clients` clients and with one.
 pub async fn measure(dir: &Path, clients: usize, times: &Times) -> anyhow::Result<Floors> {
     // Floors.
@@ -588,7 +588,8 @@ mod tests {
             // any.)
             assert!(faults > 0, "{faults} faults");
             if huge_page_mode().as_deref() == Some("never") {
-                assert!(faults >= pages, "{faults} faults for {pages} pages");
+                // (The allocator may have written its header to the first.)
+                assert!(faults >= pages - 1, "{faults} faults for {pages} pages");
             }
         }
     }
