@@ -635,19 +635,21 @@ async fn measure(
 
     // 2. Get by id and search.
     let ids: Arc<Vec<(String, u64)>> = Arc::new(seeded.sample);
-    // Each run notes what the server's threads used meanwhile.
+    // The closed loop, the open loop and the single client differ only in
+    // these; each run notes what the server's threads used meanwhile.
+    let shaped = |clients: usize, measure: Duration, rate: Option<f64>| Plan {
+        clients,
+        measure,
+        rate,
+        ..plan
+    };
     let get = |clients: usize, measure: Duration, rate: Option<f64>| {
         let (token, ids) = (token.clone(), ids.clone());
         on_server(
             pid,
             drive(
                 addr,
-                Plan {
-                    clients,
-                    measure,
-                    rate,
-                    ..plan
-                },
+                shaped(clients, measure, rate),
                 1,
                 move |i| {
                     let (id, _) = &ids[(spread(i) % ids.len() as u64) as usize];
@@ -671,19 +673,13 @@ async fn measure(
         get_reads.mib(),
         get_reads.refaults
     ));
-    // Each run notes what the server's threads used meanwhile.
     let search = |clients: usize, measure: Duration, rate: Option<f64>| {
         let (token, ids) = (token.clone(), ids.clone());
         on_server(
             pid,
             drive(
                 addr,
-                Plan {
-                    clients,
-                    measure,
-                    rate,
-                    ..plan
-                },
+                shaped(clients, measure, rate),
                 SEARCHES.len(),
                 move |i| {
                     let kind = (i % SEARCHES.len() as u64) as usize;
