@@ -95,7 +95,12 @@
 //!   of the scenario, summed over threads. The first is what the server's
 //!   code costs at that load; the second is what sharing two cores with the
 //!   load generator (and anything else) added. On PostgreSQL the database's
-//!   own CPU is not in it. The per-kind search rows leave it out: their
+//!   own CPU is not in it. The column also gives the load generator's (this
+//!   process's) CPU time per request, which comes out of the same two
+//!   cores, and how fast one core ran just before the scenario, with the
+//!   server idle (the AEAD floor's loop for a quarter of its time, as a
+//!   share of the floor measured at the start): the machine's speed can
+//!   drift within one run. The per-kind search rows leave it out: their
 //!   run is the mixed one.
 //! - In the open-loop rows' figure and their floors' (see `load::Stalls`):
 //!   how many requests took longer than the row's budget, and how many of
@@ -296,7 +301,7 @@ fn main() -> anyhow::Result<()> {
          other than the benchmark, its servers and PostgreSQL {:.0}%; the hypervisor \
          gave {:.0}% of this machine's CPU time to others (steal).\nWhile the gets ran, the \
          machine read {:.1} MiB from disk ({} pages its cache had dropped and read again); \
-         while the searches ran, {:.1} MiB ({}).\n{table}",
+         while the searches ran, {:.1} MiB ({}).{}\n{table}",
         run.backend.name(),
         thousands(run.scale as f64),
         run.clients,
@@ -312,6 +317,7 @@ fn main() -> anyhow::Result<()> {
         reads("get", "refaulted_pages"),
         reads("search", "mib"),
         reads("search", "refaulted_pages"),
+        probe_range(&rows),
     );
     let paths = write_json(&run, &rows, facts)?;
     for p in paths {
@@ -580,9 +586,14 @@ async fn measure(
     // 1. Create.
     progress("scenario 1: credential create");
     let pid = server.pid();
+    let probe = Probe {
+        time: times.aead / 4,
+        floor_per_s: floors.aead_per_s,
+    };
     let create = {
         let (token, first_n) = (token.clone(), run.scale);
         on_server(
+            probe,
             pid,
             drive(
                 addr,
@@ -646,6 +657,7 @@ async fn measure(
     let get = |clients: usize, measure: Duration, rate: Option<f64>| {
         let (token, ids) = (token.clone(), ids.clone());
         on_server(
+            probe,
             pid,
             drive(
                 addr,
@@ -676,6 +688,7 @@ async fn measure(
     let search = |clients: usize, measure: Duration, rate: Option<f64>| {
         let (token, ids) = (token.clone(), ids.clone());
         on_server(
+            probe,
             pid,
             drive(
                 addr,
@@ -754,6 +767,7 @@ async fn measure(
     let ingest = {
         let delivery = delivery.clone();
         on_server(
+            probe,
             pid,
             drive(
                 addr,
@@ -769,6 +783,7 @@ async fn measure(
     progress("scenario 4: duplicate deliveries");
     let stored = ingest.issued;
     let duplicate = on_server(
+        probe,
         pid,
         drive(
             addr,
@@ -892,19 +907,57 @@ fn answered(name: &str, o: &load::Outcome) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The heading's line on the CPU probes, if any ran: their lowest and
+/// highest result, as shares of the AEAD floor.
+fn probe_range(rows: &[Row]) -> String {
+    let shares: Vec<f64> = rows
+        .iter()
+        .filter_map(|r| r.json["server_threads"]["cpu_probe_before_vs_aead_floor"].as_f64())
+        .collect();
+    if shares.is_empty() {
+        return String::new();
+    }
+    let low = shares.iter().copied().fold(f64::INFINITY, f64::min);
+    let high = shares.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    format!(
+        "\nJust before each scenario, one core ran at {:.0}% to {:.0}% of the AEAD floor \
+         measured at the start (the last column says which scenario ran when).",
+        low * 100.0,
+        high * 100.0
+    )
+}
+
+/// The CPU probe run before each scenario: the AEAD floor's loop for a
+/// quarter of its time, compared with the floor measured at the start.
+#[derive(Clone, Copy)]
+struct Probe {
+    time: Duration,
+    floor_per_s: f64,
+}
+
 /// Runs a scenario and notes what the server's threads used meanwhile
-/// ([`sched::Usage`]), per request sent and per second of the run.
+/// ([`sched::Usage`]), per request sent and per second of the run. First,
+/// with the server idle, the [`Probe`]: the machine's speed drifts within
+/// one run (a neighbour on the host, say), and it says how fast one core
+/// was just before this scenario, next to the floors measured at the start.
 async fn on_server(
+    probe: Probe,
     pid: u32,
     scenario: impl std::future::Future<Output = anyhow::Result<load::Outcome>>,
 ) -> anyhow::Result<load::Outcome> {
-    let before = sched::Threads::of(pid);
+    let probed = tokio::task::spawn_blocking(move || floors::aead_open_rate(probe.time)).await??
+        / probe.floor_per_s;
+    let me = std::process::id();
+    let (before, load_before) = (sched::Threads::of(pid), sched::Threads::of(me));
     let start = Instant::now();
     let mut outcome = scenario.await?;
     let wall = start.elapsed();
-    outcome.server = before
-        .zip(sched::Threads::of(pid))
-        .map(|(before, after)| sched::Usage::new(before.since(&after), outcome.sent, wall));
+    let load = load_before
+        .zip(sched::Threads::of(me))
+        .map(|(before, after)| before.since(&after));
+    outcome.server = before.zip(sched::Threads::of(pid)).map(|(before, after)| {
+        sched::Usage::new(before.since(&after), load, outcome.sent, wall).probed(probed)
+    });
     Ok(outcome)
 }
 

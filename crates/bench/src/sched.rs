@@ -71,29 +71,60 @@ impl Threads {
 pub struct Usage {
     pub cpu_us_per_request: f64,
     pub waiting_ms_per_s: f64,
+    /// The load generator's (this process's) CPU time per request, when
+    /// its threads could be read: what the requests cost on the client's
+    /// side of the same two cores.
+    pub load_cpu_us_per_request: Option<f64>,
+    /// One core's speed just before the scenario, as a share of the AEAD
+    /// floor measured at the start (see `main.rs`).
+    pub cpu_probe_vs_floor: Option<f64>,
 }
 
 impl Usage {
-    /// `used` over `requests` sent in `wall` time.
-    pub fn new(used: Used, requests: u64, wall: Duration) -> Usage {
+    /// The server's `used` and the load generator's `load` over `requests`
+    /// sent in `wall` time.
+    pub fn new(used: Used, load: Option<Used>, requests: u64, wall: Duration) -> Usage {
         let per = |x: f64, n: f64| if n > 0.0 { x / n } else { 0.0 };
+        let cpu = |u: Used| per(u.on_cpu.as_secs_f64() * 1e6, requests as f64);
         Usage {
-            cpu_us_per_request: per(used.on_cpu.as_secs_f64() * 1e6, requests as f64),
+            cpu_us_per_request: cpu(used),
             waiting_ms_per_s: per(used.waiting.as_secs_f64() * 1e3, wall.as_secs_f64()),
+            load_cpu_us_per_request: load.map(cpu),
+            cpu_probe_vs_floor: None,
+        }
+    }
+
+    /// With the CPU probe's result, as a share of the AEAD floor.
+    pub fn probed(self, share: f64) -> Usage {
+        Usage {
+            cpu_probe_vs_floor: Some(share),
+            ..self
         }
     }
 
     pub fn text(&self) -> String {
-        format!(
+        let mut t = format!(
             "{:.0} µs CPU per request · threads waited {:.0} ms/s for a core",
             self.cpu_us_per_request, self.waiting_ms_per_s
-        )
+        );
+        if let Some(load) = self.load_cpu_us_per_request {
+            t.push_str(&format!(" · load generator {load:.0} µs CPU per request"));
+        }
+        if let Some(share) = self.cpu_probe_vs_floor {
+            t.push_str(&format!(
+                " · one core just before: {:.0}% of the AEAD floor",
+                share * 100.0
+            ));
+        }
+        t
     }
 
     pub fn json(&self) -> serde_json::Value {
         serde_json::json!({
             "cpu_us_per_request": self.cpu_us_per_request,
             "run_queue_wait_ms_per_s": self.waiting_ms_per_s,
+            "load_generator_cpu_us_per_request": self.load_cpu_us_per_request,
+            "cpu_probe_before_vs_aead_floor": self.cpu_probe_vs_floor,
         })
     }
 }
@@ -162,9 +193,32 @@ mod tests {
             on_cpu: Duration::from_millis(500),
             waiting: Duration::from_millis(300),
         };
-        let u = Usage::new(used, 10_000, Duration::from_secs(2));
+        let load = Used {
+            on_cpu: Duration::from_millis(200),
+            waiting: Duration::from_millis(900),
+        };
+        let u = Usage::new(used, Some(load), 10_000, Duration::from_secs(2));
         assert_eq!(u.cpu_us_per_request, 50.0);
         assert_eq!(u.waiting_ms_per_s, 150.0);
-        assert_eq!(Usage::new(used, 0, Duration::ZERO).cpu_us_per_request, 0.0);
+        assert_eq!(u.load_cpu_us_per_request, Some(20.0));
+        assert_eq!(
+            u.text(),
+            "50 µs CPU per request · threads waited 150 ms/s for a core · load generator 20 µs CPU per request"
+        );
+        assert_eq!(u.json()["load_generator_cpu_us_per_request"], 20.0);
+        let probed = u.probed(0.874);
+        assert!(
+            probed
+                .text()
+                .ends_with(" · one core just before: 87% of the AEAD floor"),
+            "{}",
+            probed.text()
+        );
+        assert_eq!(probed.json()["cpu_probe_before_vs_aead_floor"], 0.874);
+        assert!(u.json()["cpu_probe_before_vs_aead_floor"].is_null());
+        let alone = Usage::new(used, None, 0, Duration::ZERO);
+        assert_eq!(alone.cpu_us_per_request, 0.0);
+        assert_eq!(alone.load_cpu_us_per_request, None);
+        assert!(!alone.text().contains("load generator"), "{}", alone.text());
     }
 }
