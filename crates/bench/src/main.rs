@@ -147,6 +147,13 @@ use report::{thousands, Row};
 use serde_json::{json, Value};
 use server::{ServerProcess, Site};
 
+/// The server's allocator (see `latchkey`'s `main.rs`), so the empty
+/// handler of the HTTP floor (a child process of this binary) runs on the
+/// same one, and the load generator spends less of the shared cores in
+/// glibc's malloc.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[derive(Parser)]
 #[command(
     name = "bench",
