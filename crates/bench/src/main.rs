@@ -23,7 +23,8 @@
 //!    a file just written: what a B-tree walk, the allocator and SQLite's
 //!    page reads pay, and the other floors hardly see), and an empty axum
 //!    handler (`bench http-floor`, a child process on the same runtime
-//!    settings as the server) under the same client load as the scenarios.
+//!    settings and allocator as the server) under the same client load as
+//!    the scenarios.
 //! 3. First start of the server on a fresh data dir (a temporary dir; on
 //!    PostgreSQL also a fresh schema `bench_<random>`, dropped at the end):
 //!    cold start and idle memory on empty data; one Stripe and one GitHub
@@ -89,19 +90,24 @@
 //!
 //! Two more things say where a latency went (neither is judged):
 //!
-//! - **server threads**, a column (see `sched`): the `latchkey` process's
-//!   CPU time during the scenario (warm-up included) per request sent, and
-//!   how long its threads waited on the run queue for a core, per second
-//!   of the scenario, summed over threads. The first is what the server's
-//!   code costs at that load; the second is what sharing two cores with the
-//!   load generator (and anything else) added. On PostgreSQL the database's
-//!   own CPU is not in it. The column also gives the load generator's (this
-//!   process's) CPU time per request, which comes out of the same two
-//!   cores, and how fast one core ran just before the scenario, with the
-//!   server idle (the AEAD floor's loop for a quarter of its time, as a
-//!   share of the floor measured at the start): the machine's speed can
-//!   drift within one run. The per-kind search rows leave it out: their
-//!   run is the mixed one.
+//! - **CPU**, the last column (see `sched`), three figures:
+//!   - the server: the `latchkey` process's CPU time during the scenario
+//!     (warm-up included) per request sent, and how long its threads
+//!     waited on the run queue for a core, per second of the scenario,
+//!     summed over threads. The first is what the server's code costs at
+//!     that load; the second is what sharing two cores with the load
+//!     generator (and anything else) added. On PostgreSQL the database's
+//!     own CPU is not in it;
+//!   - the load generator: this process's CPU time per request sent, which
+//!     comes out of the same two cores;
+//!   - one core just before the scenario, with no request in flight: the
+//!     AEAD floor's loop again for a quarter of its time, as a share of the
+//!     floor measured at the start. The machine's speed can drift within
+//!     one run (a neighbour on the host, say); the JSON also gives the
+//!     server's CPU time while the probe ran, which shows it was idle.
+//!
+//!   The per-kind search rows leave the column out: their run is the
+//!   mixed one.
 //! - In the open-loop rows' figure and their floors' (see `load::Stalls`):
 //!   how many requests took longer than the row's budget, and how many of
 //!   those were due or in flight while the load generator's pacer thread
@@ -121,7 +127,9 @@
 //! other process and the hypervisor (steal) took while it ran: on a busy
 //! machine every figure reads low, floors included. It also says how much
 //! the machine read from disk while the gets and the searches ran (see
-//! `disk`): a request whose page is not in the cache waits for the disk. The
+//! `disk`): a request whose page is not in the cache waits for the disk,
+//! and between what lowest and highest share of the AEAD floor one core ran
+//! in the probes before the scenarios (in the JSON, `facts.cpu_probes`). The
 //! bench asserts that every answer was the expected one; it does not fail on
 //! a missed budget (the table says so).
 
@@ -147,10 +155,12 @@ use report::{thousands, Row};
 use serde_json::{json, Value};
 use server::{ServerProcess, Site};
 
-/// The server's allocator (see `latchkey`'s `main.rs`), so the empty
-/// handler of the HTTP floor (a child process of this binary) runs on the
-/// same one, and the load generator spends less of the shared cores in
-/// glibc's malloc.
+/// The server's allocator (see `latchkey`'s `main.rs`). The empty handler
+/// of the HTTP floor, a child process of this binary, runs on it too, as do
+/// the floors that allocate (each AEAD open's plaintext, the memory floor's
+/// span). In a profile of the ingest scenario, glibc's malloc and free took
+/// about a fifth of this process's CPU time; A/B runs could not separate
+/// the change from the machine's own drift.
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
@@ -294,7 +304,14 @@ fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let (rows, facts) = runtime.block_on(bench(&run, &binary))?;
+    let (rows, mut facts) = runtime.block_on(bench(&run, &binary))?;
+    let probes = probe_range(&rows);
+    if let Some((lowest, highest)) = probes {
+        facts["cpu_probes"] = json!({
+            "lowest_vs_aead_floor": lowest,
+            "highest_vs_aead_floor": highest,
+        });
+    }
     let table = report::table(&rows);
     let share = |key: &str| facts["machine"][key].as_f64().unwrap_or_default() * 100.0;
     let reads = |row: &str, key: &str| {
@@ -324,7 +341,14 @@ fn main() -> anyhow::Result<()> {
         reads("get", "refaulted_pages"),
         reads("search", "mib"),
         reads("search", "refaulted_pages"),
-        probe_range(&rows),
+        probes
+            .map(|(lowest, highest)| format!(
+                "\nJust before each scenario, one core ran at {:.0}% to {:.0}% of the AEAD floor \
+                 measured at the start (each row's last column gives the probe run before it).",
+                lowest * 100.0,
+                highest * 100.0
+            ))
+            .unwrap_or_default(),
     );
     let paths = write_json(&run, &rows, facts)?;
     for p in paths {
@@ -914,24 +938,15 @@ fn answered(name: &str, o: &load::Outcome) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The heading's line on the CPU probes, if any ran: their lowest and
-/// highest result, as shares of the AEAD floor.
-fn probe_range(rows: &[Row]) -> String {
-    let shares: Vec<f64> = rows
-        .iter()
-        .filter_map(|r| r.json["server_threads"]["cpu_probe_before_vs_aead_floor"].as_f64())
-        .collect();
-    if shares.is_empty() {
-        return String::new();
-    }
-    let low = shares.iter().copied().fold(f64::INFINITY, f64::min);
-    let high = shares.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    format!(
-        "\nJust before each scenario, one core ran at {:.0}% to {:.0}% of the AEAD floor \
-         measured at the start (the last column says which scenario ran when).",
-        low * 100.0,
-        high * 100.0
-    )
+/// The lowest and highest result of the CPU probes, as shares of the AEAD
+/// floor; `None` if none ran.
+fn probe_range(rows: &[Row]) -> Option<(f64, f64)> {
+    rows.iter()
+        .filter_map(|r| r.json["cpu_probe_before"]["vs_aead_floor"].as_f64())
+        .fold(None, |range, share| match range {
+            None => Some((share, share)),
+            Some((low, high)) => Some((f64::min(low, share), f64::max(high, share))),
+        })
 }
 
 /// The CPU probe run before each scenario: the AEAD floor's loop for a
@@ -942,27 +957,33 @@ struct Probe {
     floor_per_s: f64,
 }
 
-/// Runs a scenario and notes what the server's threads used meanwhile
-/// ([`sched::Usage`]), per request sent and per second of the run. First,
-/// with the server idle, the [`Probe`]: the machine's speed drifts within
-/// one run (a neighbour on the host, say), and it says how fast one core
+/// Runs a scenario and notes the CPU time it took ([`sched::Usage`]): the
+/// server's threads and the load generator, per request sent and per
+/// second of the run. First, with no request in flight, the [`Probe`]: the
+/// machine's speed drifts within one run, and it says how fast one core
 /// was just before this scenario, next to the floors measured at the start.
+/// Where the server's threads cannot be read (no schedstats), none of this
+/// is measured.
 async fn on_server(
     probe: Probe,
     pid: u32,
     scenario: impl std::future::Future<Output = anyhow::Result<load::Outcome>>,
 ) -> anyhow::Result<load::Outcome> {
-    let probed = tokio::task::spawn_blocking(move || floors::aead_open_rate(probe.time)).await??
-        / probe.floor_per_s;
-    let me = std::process::id();
-    let (before, load_before) = (sched::Threads::of(pid), sched::Threads::of(me));
+    let Some(before_probe) = sched::Threads::of(pid) else {
+        return scenario.await;
+    };
+    let rate = tokio::task::spawn_blocking(move || floors::aead_open_rate(probe.time)).await??;
+    let before = sched::Threads::of(pid).context("the server's threads, read a moment ago")?;
+    let probed = sched::Probed {
+        vs_floor: rate / probe.floor_per_s,
+        server_cpu: before_probe.since(&before).on_cpu,
+    };
+    let load_before = sched::process_cpu();
     let start = Instant::now();
     let mut outcome = scenario.await?;
     let wall = start.elapsed();
-    let load = load_before
-        .zip(sched::Threads::of(me))
-        .map(|(before, after)| before.since(&after));
-    outcome.server = before.zip(sched::Threads::of(pid)).map(|(before, after)| {
+    let load = sched::process_cpu().saturating_sub(load_before);
+    outcome.server = sched::Threads::of(pid).map(|after| {
         sched::Usage::new(before.since(&after), load, outcome.sent, wall).probed(probed)
     });
     Ok(outcome)

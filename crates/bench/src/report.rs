@@ -81,12 +81,16 @@ impl Row {
         }
     }
 
-    /// Notes what the server's threads used during `o`, if it was measured
-    /// (after `json` is set).
+    /// Notes the CPU time `o` took on the server and on the load generator,
+    /// and the probe before it, if measured (after `json` is set).
     fn server_use(&mut self, o: &Outcome) {
         if let Some(u) = o.server {
             self.server = Some(u.text());
-            self.json["server_threads"] = u.json();
+            if let Value::Object(parts) = u.json() {
+                for (key, part) in parts {
+                    self.json[key.as_str()] = part;
+                }
+            }
         }
     }
 
@@ -125,7 +129,7 @@ pub fn table(rows: &[Row]) -> Table {
         "vs HTTP floor",
         "vs fsync floor",
         "in AEAD opens",
-        "server threads",
+        "CPU: server · load generator · one core just before",
     ]);
     let dash = || "—".to_string();
     for r in rows {

@@ -64,68 +64,93 @@ impl Threads {
     }
 }
 
-/// The server's threads over one scenario: CPU per request, and run-queue
-/// wait per second of the scenario (summed over threads, so above 1,000
-/// when several wait at once).
+/// This process's CPU time so far, over all its threads, ended ones
+/// included (the open loop's pacer thread ends with its run).
+pub fn process_cpu() -> Duration {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ProcessCPUTime);
+    Duration::new(
+        u64::try_from(t.tv_sec).unwrap_or_default(),
+        u32::try_from(t.tv_nsec).unwrap_or_default(),
+    )
+}
+
+/// The CPU time of one scenario: the server's threads (CPU per request,
+/// and run-queue wait per second of the scenario, summed over threads, so
+/// above 1,000 when several wait at once), the load generator's (this
+/// process's) CPU per request, and the probe run just before it.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Usage {
     pub cpu_us_per_request: f64,
     pub waiting_ms_per_s: f64,
-    /// The load generator's (this process's) CPU time per request, when
-    /// its threads could be read: what the requests cost on the client's
-    /// side of the same two cores.
-    pub load_cpu_us_per_request: Option<f64>,
-    /// One core's speed just before the scenario, as a share of the AEAD
-    /// floor measured at the start (see `main.rs`).
-    pub cpu_probe_vs_floor: Option<f64>,
+    /// What the requests cost on the client's side of the same cores.
+    pub load_cpu_us_per_request: f64,
+    pub probe: Option<Probed>,
+}
+
+/// One core's speed just before a scenario (see `main.rs`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Probed {
+    /// As a share of the AEAD floor measured at the start.
+    pub vs_floor: f64,
+    /// The server's CPU time while the probe ran: near zero when it was
+    /// idle, as it should be.
+    pub server_cpu: Duration,
 }
 
 impl Usage {
-    /// The server's `used` and the load generator's `load` over `requests`
-    /// sent in `wall` time.
-    pub fn new(used: Used, load: Option<Used>, requests: u64, wall: Duration) -> Usage {
+    /// The server's `used` and the load generator's `load` CPU time over
+    /// `requests` sent in `wall` time.
+    pub fn new(used: Used, load: Duration, requests: u64, wall: Duration) -> Usage {
         let per = |x: f64, n: f64| if n > 0.0 { x / n } else { 0.0 };
-        let cpu = |u: Used| per(u.on_cpu.as_secs_f64() * 1e6, requests as f64);
+        let cpu = |t: Duration| per(t.as_secs_f64() * 1e6, requests as f64);
         Usage {
-            cpu_us_per_request: cpu(used),
+            cpu_us_per_request: cpu(used.on_cpu),
             waiting_ms_per_s: per(used.waiting.as_secs_f64() * 1e3, wall.as_secs_f64()),
-            load_cpu_us_per_request: load.map(cpu),
-            cpu_probe_vs_floor: None,
+            load_cpu_us_per_request: cpu(load),
+            probe: None,
         }
     }
 
-    /// With the CPU probe's result, as a share of the AEAD floor.
-    pub fn probed(self, share: f64) -> Usage {
+    pub fn probed(self, probe: Probed) -> Usage {
         Usage {
-            cpu_probe_vs_floor: Some(share),
+            probe: Some(probe),
             ..self
         }
     }
 
     pub fn text(&self) -> String {
         let mut t = format!(
-            "{:.0} µs CPU per request · threads waited {:.0} ms/s for a core",
-            self.cpu_us_per_request, self.waiting_ms_per_s
+            "server {:.0} µs CPU per request, its threads waited {:.0} ms/s for a core · load generator {:.0} µs CPU per request",
+            self.cpu_us_per_request, self.waiting_ms_per_s, self.load_cpu_us_per_request
         );
-        if let Some(load) = self.load_cpu_us_per_request {
-            t.push_str(&format!(" · load generator {load:.0} µs CPU per request"));
-        }
-        if let Some(share) = self.cpu_probe_vs_floor {
+        if let Some(p) = self.probe {
             t.push_str(&format!(
                 " · one core just before: {:.0}% of the AEAD floor",
-                share * 100.0
+                p.vs_floor * 100.0
             ));
         }
         t
     }
 
+    /// The row's JSON: `server_threads`, `load_generator` and, if it ran,
+    /// `cpu_probe_before`.
     pub fn json(&self) -> serde_json::Value {
-        serde_json::json!({
-            "cpu_us_per_request": self.cpu_us_per_request,
-            "run_queue_wait_ms_per_s": self.waiting_ms_per_s,
-            "load_generator_cpu_us_per_request": self.load_cpu_us_per_request,
-            "cpu_probe_before_vs_aead_floor": self.cpu_probe_vs_floor,
-        })
+        let mut j = serde_json::json!({
+            "server_threads": {
+                "cpu_us_per_request": self.cpu_us_per_request,
+                "run_queue_wait_ms_per_s": self.waiting_ms_per_s,
+            },
+            "load_generator": {
+                "cpu_us_per_request": self.load_cpu_us_per_request,
+            },
+        });
+        if let Some(p) = self.probe {
+            j["cpu_probe_before"] = serde_json::json!({
+                "vs_aead_floor": p.vs_floor,
+                "server_cpu_ms_meanwhile": p.server_cpu.as_secs_f64() * 1e3,
+            });
+        }
+        j
     }
 }
 
@@ -193,20 +218,26 @@ mod tests {
             on_cpu: Duration::from_millis(500),
             waiting: Duration::from_millis(300),
         };
-        let load = Used {
-            on_cpu: Duration::from_millis(200),
-            waiting: Duration::from_millis(900),
-        };
-        let u = Usage::new(used, Some(load), 10_000, Duration::from_secs(2));
+        let u = Usage::new(
+            used,
+            Duration::from_millis(200),
+            10_000,
+            Duration::from_secs(4),
+        );
         assert_eq!(u.cpu_us_per_request, 50.0);
-        assert_eq!(u.waiting_ms_per_s, 150.0);
-        assert_eq!(u.load_cpu_us_per_request, Some(20.0));
+        assert_eq!(u.waiting_ms_per_s, 75.0);
+        assert_eq!(u.load_cpu_us_per_request, 20.0);
         assert_eq!(
             u.text(),
-            "50 µs CPU per request · threads waited 150 ms/s for a core · load generator 20 µs CPU per request"
+            "server 50 µs CPU per request, its threads waited 75 ms/s for a core · load generator 20 µs CPU per request"
         );
-        assert_eq!(u.json()["load_generator_cpu_us_per_request"], 20.0);
-        let probed = u.probed(0.874);
+        assert_eq!(u.json()["server_threads"]["cpu_us_per_request"], 50.0);
+        assert_eq!(u.json()["load_generator"]["cpu_us_per_request"], 20.0);
+        assert!(u.json()["cpu_probe_before"].is_null());
+        let probed = u.probed(Probed {
+            vs_floor: 0.874,
+            server_cpu: Duration::from_micros(1500),
+        });
         assert!(
             probed
                 .text()
@@ -214,11 +245,37 @@ mod tests {
             "{}",
             probed.text()
         );
-        assert_eq!(probed.json()["cpu_probe_before_vs_aead_floor"], 0.874);
-        assert!(u.json()["cpu_probe_before_vs_aead_floor"].is_null());
-        let alone = Usage::new(used, None, 0, Duration::ZERO);
-        assert_eq!(alone.cpu_us_per_request, 0.0);
-        assert_eq!(alone.load_cpu_us_per_request, None);
-        assert!(!alone.text().contains("load generator"), "{}", alone.text());
+        assert_eq!(probed.json()["cpu_probe_before"]["vs_aead_floor"], 0.874);
+        assert_eq!(
+            probed.json()["cpu_probe_before"]["server_cpu_ms_meanwhile"],
+            1.5
+        );
+        let none = Usage::new(used, Duration::ZERO, 0, Duration::ZERO);
+        assert_eq!(none.cpu_us_per_request, 0.0);
+        assert_eq!(none.waiting_ms_per_s, 0.0);
+    }
+
+    #[test]
+    fn the_process_clock_counts_threads_that_have_ended() {
+        let thread_cpu = || {
+            let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
+            Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
+        };
+        let before = process_cpu();
+        let spun = std::thread::spawn(move || {
+            let start = std::time::Instant::now();
+            let mut x = 0u64;
+            while thread_cpu() < Duration::from_millis(40) && start.elapsed().as_secs() < 10 {
+                x = x.wrapping_add(std::hint::black_box(1));
+            }
+            assert!(x > 0);
+            thread_cpu()
+        })
+        .join()
+        .expect("the spinning thread");
+        assert!(spun >= Duration::from_millis(40), "{spun:?}");
+        // The thread is gone; the CPU time it used stays counted.
+        let counted = process_cpu() - before;
+        assert!(counted >= spun, "{counted:?} < {spun:?}");
     }
 }
