@@ -137,8 +137,8 @@ pub struct Outcome {
     /// was due to when it was answered (so [`Outcome::stalls`] can count
     /// those over any budget from 1 ms up).
     pub slow: Vec<(Instant, Instant)>,
-    /// What the server's threads used meanwhile, where the caller measured
-    /// it.
+    /// The CPU time the server's threads and the load generator used
+    /// meanwhile, and the probe before, where the caller measured them.
     pub server: Option<crate::sched::Usage>,
 }
 

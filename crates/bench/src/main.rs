@@ -104,7 +104,8 @@
 //!     AEAD floor's loop again for a quarter of its time, as a share of the
 //!     floor measured at the start. The machine's speed can drift within
 //!     one run (a neighbour on the host, say); the JSON also gives the
-//!     server's CPU time while the probe ran, which shows it was idle.
+//!     server's CPU time while the probe ran, which shows whether the
+//!     server was idle (on PostgreSQL it says nothing of the database).
 //!
 //!   The per-kind search rows leave the column out: their run is the
 //!   mixed one.
@@ -308,8 +309,8 @@ fn main() -> anyhow::Result<()> {
     let probes = probe_range(&rows);
     if let Some((lowest, highest)) = probes {
         facts["cpu_probes"] = json!({
-            "lowest_vs_aead_floor": lowest,
-            "highest_vs_aead_floor": highest,
+            "lowest_share_of_aead_floor": lowest,
+            "highest_share_of_aead_floor": highest,
         });
     }
     let table = report::table(&rows);
@@ -678,7 +679,7 @@ async fn measure(
     // 2. Get by id and search.
     let ids: Arc<Vec<(String, u64)>> = Arc::new(seeded.sample);
     // The closed loop, the open loop and the single client differ only in
-    // these; each run notes what the server's threads used meanwhile.
+    // these; each run notes the CPU time it took (see `on_server`).
     let shaped = |clients: usize, measure: Duration, rate: Option<f64>| Plan {
         clients,
         measure,
@@ -942,7 +943,7 @@ fn answered(name: &str, o: &load::Outcome) -> anyhow::Result<()> {
 /// floor; `None` if none ran.
 fn probe_range(rows: &[Row]) -> Option<(f64, f64)> {
     rows.iter()
-        .filter_map(|r| r.json["cpu_probe_before"]["vs_aead_floor"].as_f64())
+        .filter_map(|r| r.json["cpu_probe_before"]["share_of_aead_floor"].as_f64())
         .fold(None, |range, share| match range {
             None => Some((share, share)),
             Some((low, high)) => Some((f64::min(low, share), f64::max(high, share))),
@@ -962,8 +963,9 @@ struct Probe {
 /// second of the run. First, with no request in flight, the [`Probe`]: the
 /// machine's speed drifts within one run, and it says how fast one core
 /// was just before this scenario, next to the floors measured at the start.
-/// Where the server's threads cannot be read (no schedstats), none of this
-/// is measured.
+/// Where the server's threads cannot be read (no schedstats), the column
+/// is left out: the load generator's figure is kept only beside the
+/// server's, which it is there to be compared with.
 async fn on_server(
     probe: Probe,
     pid: u32,
@@ -973,9 +975,11 @@ async fn on_server(
         return scenario.await;
     };
     let rate = tokio::task::spawn_blocking(move || floors::aead_open_rate(probe.time)).await??;
-    let before = sched::Threads::of(pid).context("the server's threads, read a moment ago")?;
+    let Some(before) = sched::Threads::of(pid) else {
+        return scenario.await;
+    };
     let probed = sched::Probed {
-        vs_floor: rate / probe.floor_per_s,
+        share_of_floor: rate / probe.floor_per_s,
         server_cpu: before_probe.since(&before).on_cpu,
     };
     let load_before = sched::process_cpu();

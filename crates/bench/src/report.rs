@@ -62,7 +62,8 @@ pub struct Row {
     pub vs_http: Option<String>,
     pub vs_fsync: Option<String>,
     pub vs_aead: Option<String>,
-    /// What the server's threads used during the scenario.
+    /// The CPU time the scenario took on the server and on the load
+    /// generator, and the probe before it.
     pub server: Option<String>,
     pub json: Value,
 }
@@ -275,7 +276,8 @@ pub fn rows(run: &RunArgs, cores: usize, floors: &Floors, m: Measured, s: Starts
         }
         r
     };
-    // The rows of a whole run also say what the server's threads used.
+    // The rows of a whole run also say what CPU time the server and the
+    // load generator used, and how fast one core ran just before.
     let with_server = |mut r: Row, o: &Outcome| {
         r.server_use(o);
         r
