@@ -1165,3 +1165,27 @@ fn write_json(run: &RunArgs, rows: &[Row], facts: Value) -> anyhow::Result<Vec<P
     }
     Ok(paths)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_probe_range_is_the_lowest_and_highest_probe_of_the_rows_that_ran_one() {
+        let row = |share: Option<f64>| {
+            let mut r = Row::new("scenario", "figure");
+            r.json = json!({ "p50_ms": 1.0 });
+            if let Some(share) = share {
+                r.json["cpu_probe_before"] = json!({ "share_of_aead_floor": share });
+            }
+            r
+        };
+        assert_eq!(probe_range(&[]), None);
+        assert_eq!(probe_range(&[row(None), row(None)]), None);
+        assert_eq!(
+            probe_range(&[row(Some(0.97)), row(None), row(Some(0.89)), row(Some(1.12))]),
+            Some((0.89, 1.12))
+        );
+        assert_eq!(probe_range(&[row(Some(1.0))]), Some((1.0, 1.0)));
+    }
+}

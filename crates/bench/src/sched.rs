@@ -70,7 +70,11 @@ impl Threads {
 /// This process's CPU time so far, over all its threads, ended ones
 /// included (the open loop's pacer thread ends with its run).
 pub fn process_cpu() -> Duration {
-    let t = rustix::time::clock_gettime(rustix::time::ClockId::ProcessCPUTime);
+    cpu_clock(rustix::time::ClockId::ProcessCPUTime)
+}
+
+fn cpu_clock(id: rustix::time::ClockId) -> Duration {
+    let t = rustix::time::clock_gettime(id);
     Duration::new(
         u64::try_from(t.tv_sec).unwrap_or_default(),
         u32::try_from(t.tv_nsec).unwrap_or_default(),
@@ -268,10 +272,7 @@ mod tests {
             eprintln!("skipped: this kernel keeps no schedstats");
             return;
         }
-        let thread_cpu = || {
-            let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
-            Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
-        };
+        let thread_cpu = || cpu_clock(rustix::time::ClockId::ThreadCPUTime);
         let clock_before = process_cpu();
         let live_before = Threads::of(me).expect("this process's threads");
         let spun = std::thread::spawn(move || {
