@@ -2,10 +2,15 @@
 //! queued while the previous commit was running (straight, and when one job
 //! fails, again with each job in its own savepoint, so one failing job does
 //! not undo the others), and a small pool of read-only connections. WAL with `synchronous=FULL`: a job's result is
-//! returned only after the commit that holds it is durable.
+//! returned only after the commit that holds it is durable. A third thread
+//! checkpoints the WAL into the database file, so the writer's commits do
+//! not wait for that copy and its sync.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use chrono::{DateTime, TimeZone, Utc};
@@ -26,6 +31,85 @@ const MIGRATIONS: &[&str] = &[
 /// Most jobs one commit takes; bounds a commit's latency under a flood.
 const MAX_BATCH: usize = 512;
 const READERS: usize = 4;
+
+/// When the WAL is copied into the database file. SQLite's own rule runs a
+/// checkpoint inside the commit that takes the WAL past 1,000 pages, so the
+/// writer, and with it every caller waiting for a commit, waits for the
+/// copy and for the database file's sync. Here the writer never checkpoints
+/// on its own: a checkpointer thread with its own connection does, `every`
+/// so often when something was committed, alongside the writer's commits
+/// (`PASSIVE`).
+#[derive(Clone, Copy, Debug)]
+struct Checkpoints {
+    every: Duration,
+    /// The WAL starts again from its beginning only when a write finds it
+    /// wholly copied, which a write load that never pauses may never let
+    /// the checkpointer achieve: past this many pages, the writer copies
+    /// what is left itself, once, after its next commit (and its callers'
+    /// answers), as SQLite would have done.
+    writer_after_pages: i64,
+}
+
+const CHECKPOINTS: Checkpoints = Checkpoints {
+    every: Duration::from_millis(25),
+    writer_after_pages: 4096,
+};
+
+/// What the writer and the checkpointer share.
+#[derive(Default)]
+struct Wal {
+    /// The WAL is past `writer_after_pages`: the writer checkpoints next.
+    writer_must_checkpoint: AtomicBool,
+    /// Checkpoints the writer ran itself.
+    by_writer: AtomicU64,
+}
+
+/// What the checkpointer is told.
+enum Tell {
+    /// The writer committed (sent without waiting; one pending is enough).
+    Committed,
+    /// The store is closing.
+    Stop,
+}
+
+/// Copies what the WAL holds into the database file, as far as no reader
+/// still needs the WAL, and syncs the file. Answers the WAL's size in
+/// pages, as it was when the checkpoint began.
+fn checkpoint(conn: &Connection) -> rusqlite::Result<i64> {
+    conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get(1))
+}
+
+/// Waits for a commit, lets `rule.every` pass (more commits gather), then
+/// checkpoints. Idle, it sleeps until the next commit.
+fn checkpointer_loop(conn: Connection, wal: &Wal, told: Receiver<Tell>, rule: Checkpoints) {
+    'commits: while let Ok(Tell::Committed) = told.recv() {
+        let until = Instant::now() + rule.every;
+        loop {
+            match told.recv_timeout(until.saturating_duration_since(Instant::now())) {
+                Ok(Tell::Committed) => {}
+                Err(RecvTimeoutError::Timeout) => break,
+                Ok(Tell::Stop) | Err(RecvTimeoutError::Disconnected) => break 'commits,
+            }
+        }
+        match checkpoint(&conn) {
+            Ok(pages) if pages >= rule.writer_after_pages => {
+                wal.writer_must_checkpoint.store(true, Ordering::Release)
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "checkpointing the WAL failed; retrying after the next commit")
+            }
+        }
+    }
+    if let Err((_, e)) = conn.close() {
+        tracing::error!(error = %e, "closing the checkpointer's connection failed");
+    }
+}
+
+struct Checkpointer {
+    tell: SyncSender<Tell>,
+    thread: std::thread::JoinHandle<()>,
+}
 
 /// A write for the writer thread. The writer may run it more than once: a
 /// batch runs without savepoints, and when one of its jobs fails the whole
@@ -75,6 +159,9 @@ pub struct SqliteStore {
     readers: Arc<Mutex<Vec<Connection>>>,
     read_permits: Arc<Semaphore>,
     writer_thread: std::thread::JoinHandle<()>,
+    checkpointer: Checkpointer,
+    #[cfg(test)]
+    wal: Arc<Wal>,
 }
 
 fn backend(e: impl std::fmt::Display) -> StoreError {
@@ -117,29 +204,56 @@ fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
 impl SqliteStore {
     /// Opens (creating if needed) the database file and applies migrations.
     pub fn open(path: &Path) -> Result<SqliteStore> {
+        SqliteStore::open_with(path, CHECKPOINTS)
+    }
+
+    fn open_with(path: &Path, checkpoints: Checkpoints) -> Result<SqliteStore> {
         let mut conn = open(path, false).map_err(backend)?;
         migrate(&mut conn).map_err(|e| StoreError::Backend(format!("migration failed: {e}")))?;
+        conn.execute_batch("PRAGMA wal_autocheckpoint = 0")
+            .map_err(backend)?;
         let mut readers = Vec::with_capacity(READERS);
         for _ in 0..READERS {
             readers.push(open(path, true).map_err(backend)?);
         }
+        let wal = Arc::new(Wal::default());
+        let (tell, told) = std::sync::mpsc::sync_channel(1);
+        let checkpointer = {
+            let conn = open(path, false).map_err(backend)?;
+            let wal = wal.clone();
+            let thread = std::thread::Builder::new()
+                .name("sqlite-checkpoint".into())
+                .spawn(move || checkpointer_loop(conn, &wal, told, checkpoints))
+                .map_err(backend)?;
+            Checkpointer {
+                tell: tell.clone(),
+                thread,
+            }
+        };
         let (tx, rx) = mpsc::channel::<Job>(8192);
-        let writer_thread = std::thread::Builder::new()
-            .name("sqlite-writer".into())
-            .spawn(move || writer_loop(conn, rx))
-            .map_err(backend)?;
+        let writer_thread = {
+            let wal = wal.clone();
+            std::thread::Builder::new()
+                .name("sqlite-writer".into())
+                .spawn(move || writer_loop(conn, rx, &wal, &tell))
+                .map_err(backend)?
+        };
         Ok(SqliteStore {
             writer: tx,
             readers: Arc::new(Mutex::new(readers)),
             read_permits: Arc::new(Semaphore::new(READERS)),
             writer_thread,
+            checkpointer,
+            #[cfg(test)]
+            wal,
         })
     }
 
     /// Closes every connection once the queued writes are done. The last
     /// connection to close checkpoints the WAL into the database file and
     /// removes it, so the file then stands alone (a backup is one file).
-    /// The readers close first and the writer last, one after the other:
+    /// The readers close first, then the checkpointer's connection, and the
+    /// writer last, one after the other:
     /// two connections closing at once each see the other still open, and
     /// neither removes the WAL (a CI run of the backup test found its
     /// `-wal` and `-shm` left behind). Blocks; call it where blocking is
@@ -150,6 +264,8 @@ impl SqliteStore {
             readers,
             read_permits,
             writer_thread,
+            checkpointer,
+            ..
         } = self;
         drop(read_permits);
         let readers = Arc::try_unwrap(readers)
@@ -159,6 +275,12 @@ impl SqliteStore {
         for conn in readers {
             conn.close().map_err(|(_, e)| backend(e))?;
         }
+        // (The writer may still hold a commit's word; this waits behind it.)
+        let _ = checkpointer.tell.send(Tell::Stop);
+        checkpointer
+            .thread
+            .join()
+            .map_err(|_| backend("the checkpointer thread panicked"))?;
         drop(writer);
         writer_thread
             .join()
@@ -266,14 +388,19 @@ impl Drop for Reader<'_> {
     }
 }
 
-fn writer_loop(conn: Connection, mut rx: mpsc::Receiver<Job>) {
-    writer_jobs(&conn, &mut rx);
+fn writer_loop(conn: Connection, mut rx: mpsc::Receiver<Job>, wal: &Wal, tell: &SyncSender<Tell>) {
+    writer_jobs(&conn, &mut rx, wal, tell);
     if let Err((_, e)) = conn.close() {
         tracing::error!(error = %e, "closing the database failed");
     }
 }
 
-fn writer_jobs(conn: &Connection, rx: &mut mpsc::Receiver<Job>) {
+fn writer_jobs(
+    conn: &Connection,
+    rx: &mut mpsc::Receiver<Job>,
+    wal: &Wal,
+    tell: &SyncSender<Tell>,
+) {
     while let Some(first) = rx.blocking_recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -283,8 +410,18 @@ fn writer_jobs(conn: &Connection, rx: &mut mpsc::Receiver<Job>) {
             }
         }
         let commit = commit_batch(conn, &mut batch);
+        let committed = commit.is_ok();
         for job in batch {
             job.finish(commit.clone());
+        }
+        if committed {
+            let _ = tell.try_send(Tell::Committed);
+            if wal.writer_must_checkpoint.swap(false, Ordering::AcqRel) {
+                wal.by_writer.fetch_add(1, Ordering::Relaxed);
+                if let Err(e) = checkpoint(conn) {
+                    tracing::warn!(error = %e, "checkpointing the WAL failed");
+                }
+            }
         }
     }
 }
@@ -2127,6 +2264,78 @@ mod tests {
                 .collect();
             assert_eq!(files, ["one.db"], "round {round}");
         }
+    }
+
+    /// Checkpoints run on their own thread: the writer's connection never
+    /// checkpoints by itself, yet what it commits reaches the database
+    /// file while the store stays open.
+    #[tokio::test]
+    async fn the_checkpointer_copies_the_wal_into_the_file_while_the_store_stays_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.db");
+        let rule = Checkpoints {
+            every: Duration::from_millis(5),
+            writer_after_pages: i64::MAX,
+        };
+        let store = SqliteStore::open_with(&path, rule).unwrap();
+        let own: i64 = store
+            .write(|c| {
+                c.query_row("PRAGMA wal_autocheckpoint", [], |r| r.get(0))
+                    .map_err(backend)
+            })
+            .await
+            .unwrap();
+        assert_eq!(own, 0, "the writer's connection checkpoints by itself");
+        let before = std::fs::metadata(&path).unwrap().len();
+        for i in 0..50u8 {
+            let key = format!("k{i}");
+            assert!(store.meta_put_if_absent(&key, vec![i; 3000]).await.unwrap());
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let len = std::fs::metadata(&path).unwrap().len();
+            if len >= before + 50 * 3000 {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the database file stayed at {len} bytes ({before} at open)"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(store.wal.by_writer.load(Ordering::Relaxed), 0);
+        assert_eq!(store.meta_get("k49").await.unwrap(), Some(vec![49; 3000]));
+        tokio::task::spawn_blocking(move || store.close())
+            .await
+            .unwrap()
+            .unwrap();
+    }
+
+    /// Past its limit, the WAL is checkpointed by the writer itself, after
+    /// a commit, so it restarts even under writes that never pause.
+    #[tokio::test]
+    async fn past_its_limit_the_writer_checkpoints_the_wal_itself() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("w.db");
+        let rule = Checkpoints {
+            every: Duration::from_millis(1),
+            writer_after_pages: 1,
+        };
+        let store = SqliteStore::open_with(&path, rule).unwrap();
+        for i in 0..40u8 {
+            let key = format!("k{i}");
+            assert!(store.meta_put_if_absent(&key, vec![i; 100]).await.unwrap());
+            tokio::time::sleep(Duration::from_millis(3)).await;
+        }
+        assert!(store.wal.by_writer.load(Ordering::Relaxed) > 0);
+        for i in 0..40u8 {
+            let key = format!("k{i}");
+            assert_eq!(store.meta_get(&key).await.unwrap(), Some(vec![i; 100]));
+        }
+        tokio::task::spawn_blocking(move || store.close())
+            .await
+            .unwrap()
+            .unwrap();
     }
 
     /// The query plan's steps, outer loop first.
