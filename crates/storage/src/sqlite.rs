@@ -1192,7 +1192,10 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn store_event(&self, new: NewEvent) -> Result<EventStored> {
+    async fn store_event(&self, mut new: NewEvent) -> Result<EventStored> {
+        // Serialized, and its tree freed, here on the caller's thread: the
+        // writer's time is every waiting caller's.
+        let payload = std::mem::take(&mut new.event.payload).to_string();
         self.write(move |c| {
             let NewEvent {
                 event: e,
@@ -1231,7 +1234,7 @@ impl Store for SqliteStore {
                 .and_then(|mut s| {
                     s.execute(params![
                         e.id, e.tenant_id, e.credential_id, e.kind, e.valid_request, e.app_user_id,
-                        user_id, e.event_type, e.delivery_id, e.payload.to_string(), ms(e.received_at)
+                        user_id, e.event_type, e.delivery_id, payload, ms(e.received_at)
                     ])
                 })
                 .map_err(backend)?;
