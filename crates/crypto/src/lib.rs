@@ -78,23 +78,23 @@ pub enum Aad<'a> {
 impl Aad<'_> {
     fn bytes(&self) -> Vec<u8> {
         // Length-prefixed parts: no two different tuples give the same bytes.
-        let parts: Vec<&str> = match self {
-            Aad::DataKey { tenant, credential } => vec!["latchkey/dek/v1", tenant, credential],
+        fn encode(parts: &[&str]) -> Vec<u8> {
+            let mut out = Vec::with_capacity(parts.iter().map(|p| 4 + p.len()).sum());
+            for p in parts {
+                out.extend_from_slice(&(p.len() as u32).to_be_bytes());
+                out.extend_from_slice(p.as_bytes());
+            }
+            out
+        }
+        match self {
+            Aad::DataKey { tenant, credential } => encode(&["latchkey/dek/v1", tenant, credential]),
             Aad::Secret {
                 tenant,
                 credential,
                 field,
-            } => {
-                vec!["latchkey/secret/v1", tenant, credential, field]
-            }
-            Aad::KeyCheck => vec!["latchkey/key-check/v1"],
-        };
-        let mut out = Vec::new();
-        for p in parts {
-            out.extend_from_slice(&(p.len() as u32).to_be_bytes());
-            out.extend_from_slice(p.as_bytes());
+            } => encode(&["latchkey/secret/v1", tenant, credential, field]),
+            Aad::KeyCheck => encode(&["latchkey/key-check/v1"]),
         }
-        out
     }
 }
 
@@ -477,6 +477,32 @@ mod tests {
 
     fn s(v: &str) -> SecretString {
         SecretString::from(v.to_string())
+    }
+
+    /// The associated data of every stored ciphertext: these bytes may
+    /// never change, or nothing sealed before opens again.
+    #[test]
+    fn the_associated_data_is_each_part_after_its_big_endian_length() {
+        let secret = Aad::Secret {
+            tenant: "ten_a",
+            credential: "cred_1",
+            field: "api_key",
+        };
+        let mut want = Vec::new();
+        for p in ["latchkey/secret/v1", "ten_a", "cred_1", "api_key"] {
+            want.extend_from_slice(&(p.len() as u32).to_be_bytes());
+            want.extend_from_slice(p.as_bytes());
+        }
+        assert_eq!(secret.bytes(), want);
+        assert_eq!(
+            Aad::DataKey {
+                tenant: "t",
+                credential: "c"
+            }
+            .bytes(),
+            b"\0\0\0\x0flatchkey/dek/v1\0\0\0\x01t\0\0\0\x01c"
+        );
+        assert_eq!(Aad::KeyCheck.bytes(), b"\0\0\0\x15latchkey/key-check/v1");
     }
 
     #[test]
