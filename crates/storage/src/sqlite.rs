@@ -2,12 +2,11 @@
 //! queued while the previous commit was running (straight, and when one job
 //! fails, again with each job in its own savepoint, so one failing job does
 //! not undo the others), and a small pool of read-only connections. WAL with `synchronous=FULL`: a job's result is
-//! returned only after the commit that holds it is durable. A third thread
-//! checkpoints the WAL into the database file, so the writer's commits do
-//! not wait for that copy and its sync.
+//! returned only after the commit that holds it is durable. A second
+//! thread checkpoints the WAL into the database file, so the writer's
+//! commits do not wait for that copy and its sync.
 
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -33,36 +32,26 @@ const MAX_BATCH: usize = 512;
 const READERS: usize = 4;
 
 /// When the WAL is copied into the database file. SQLite's own rule runs a
-/// checkpoint inside the commit that takes the WAL past 1,000 pages, so the
-/// writer, and with it every caller waiting for a commit, waits for the
-/// copy and for the database file's sync. Here the writer never checkpoints
-/// on its own: a checkpointer thread with its own connection does, `every`
-/// so often when something was committed, alongside the writer's commits
-/// (`PASSIVE`).
+/// checkpoint inside every commit that leaves the WAL at 1,000 pages or
+/// more, so the writer, and with it every caller waiting for a commit,
+/// waits for the copy and for the database file's sync. Here a checkpointer
+/// thread with its own connection does that work, `every` so often when
+/// something was committed, alongside the writer's commits (`PASSIVE`).
 #[derive(Clone, Copy, Debug)]
 struct Checkpoints {
     every: Duration,
-    /// The WAL starts again from its beginning only when a write finds it
-    /// wholly copied, which a write load that never pauses may never let
-    /// the checkpointer achieve: past this many pages, the writer copies
-    /// what is left itself, once, after its next commit (and its callers'
-    /// answers), as SQLite would have done.
-    writer_after_pages: i64,
+    /// The writer's connection keeps SQLite's rule, at this many pages
+    /// (`wal_autocheckpoint`). The WAL starts again from its beginning
+    /// only when a write finds it wholly copied, which writes that never
+    /// pause may never let the checkpointer achieve; and a checkpointer
+    /// whose checkpoints fail must not let the WAL grow without bound.
+    writer_after_pages: u32,
 }
 
 const CHECKPOINTS: Checkpoints = Checkpoints {
     every: Duration::from_millis(25),
     writer_after_pages: 4096,
 };
-
-/// What the writer and the checkpointer share.
-#[derive(Default)]
-struct Wal {
-    /// The WAL is past `writer_after_pages`: the writer checkpoints next.
-    writer_must_checkpoint: AtomicBool,
-    /// Checkpoints the writer ran itself.
-    by_writer: AtomicU64,
-}
 
 /// What the checkpointer is told.
 enum Tell {
@@ -72,16 +61,11 @@ enum Tell {
     Stop,
 }
 
-/// Copies what the WAL holds into the database file, as far as no reader
-/// still needs the WAL, and syncs the file. Answers the WAL's size in
-/// pages, as it was when the checkpoint began.
-fn checkpoint(conn: &Connection) -> rusqlite::Result<i64> {
-    conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get(1))
-}
-
 /// Waits for a commit, lets `rule.every` pass (more commits gather), then
-/// checkpoints. Idle, it sleeps until the next commit.
-fn checkpointer_loop(conn: Connection, wal: &Wal, told: Receiver<Tell>, rule: Checkpoints) {
+/// copies what the WAL holds into the database file, as far as no reader
+/// still needs the WAL, and syncs the file. Idle, it sleeps until the next
+/// commit.
+fn checkpointer_loop(conn: Connection, told: Receiver<Tell>, rule: Checkpoints) {
     'commits: while let Ok(Tell::Committed) = told.recv() {
         let until = Instant::now() + rule.every;
         loop {
@@ -91,14 +75,9 @@ fn checkpointer_loop(conn: Connection, wal: &Wal, told: Receiver<Tell>, rule: Ch
                 Ok(Tell::Stop) | Err(RecvTimeoutError::Disconnected) => break 'commits,
             }
         }
-        match checkpoint(&conn) {
-            Ok(pages) if pages >= rule.writer_after_pages => {
-                wal.writer_must_checkpoint.store(true, Ordering::Release)
-            }
-            Ok(_) => {}
-            Err(e) => {
-                tracing::warn!(error = %e, "checkpointing the WAL failed; retrying after the next commit")
-            }
+        // (Busy, when the writer's own checkpoint runs: the next commit retries.)
+        if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+            tracing::warn!(error = %e, "checkpointing the WAL failed; retrying after the next commit");
         }
     }
     if let Err((_, e)) = conn.close() {
@@ -160,8 +139,6 @@ pub struct SqliteStore {
     read_permits: Arc<Semaphore>,
     writer_thread: std::thread::JoinHandle<()>,
     checkpointer: Checkpointer,
-    #[cfg(test)]
-    wal: Arc<Wal>,
 }
 
 fn backend(e: impl std::fmt::Display) -> StoreError {
@@ -210,20 +187,21 @@ impl SqliteStore {
     fn open_with(path: &Path, checkpoints: Checkpoints) -> Result<SqliteStore> {
         let mut conn = open(path, false).map_err(backend)?;
         migrate(&mut conn).map_err(|e| StoreError::Backend(format!("migration failed: {e}")))?;
-        conn.execute_batch("PRAGMA wal_autocheckpoint = 0")
-            .map_err(backend)?;
+        conn.execute_batch(&format!(
+            "PRAGMA wal_autocheckpoint = {}",
+            checkpoints.writer_after_pages
+        ))
+        .map_err(backend)?;
         let mut readers = Vec::with_capacity(READERS);
         for _ in 0..READERS {
             readers.push(open(path, true).map_err(backend)?);
         }
-        let wal = Arc::new(Wal::default());
         let (tell, told) = std::sync::mpsc::sync_channel(1);
         let checkpointer = {
             let conn = open(path, false).map_err(backend)?;
-            let wal = wal.clone();
             let thread = std::thread::Builder::new()
                 .name("sqlite-checkpoint".into())
-                .spawn(move || checkpointer_loop(conn, &wal, told, checkpoints))
+                .spawn(move || checkpointer_loop(conn, told, checkpoints))
                 .map_err(backend)?;
             Checkpointer {
                 tell: tell.clone(),
@@ -231,21 +209,16 @@ impl SqliteStore {
             }
         };
         let (tx, rx) = mpsc::channel::<Job>(8192);
-        let writer_thread = {
-            let wal = wal.clone();
-            std::thread::Builder::new()
-                .name("sqlite-writer".into())
-                .spawn(move || writer_loop(conn, rx, &wal, &tell))
-                .map_err(backend)?
-        };
+        let writer_thread = std::thread::Builder::new()
+            .name("sqlite-writer".into())
+            .spawn(move || writer_loop(conn, rx, &tell))
+            .map_err(backend)?;
         Ok(SqliteStore {
             writer: tx,
             readers: Arc::new(Mutex::new(readers)),
             read_permits: Arc::new(Semaphore::new(READERS)),
             writer_thread,
             checkpointer,
-            #[cfg(test)]
-            wal,
         })
     }
 
@@ -265,7 +238,6 @@ impl SqliteStore {
             read_permits,
             writer_thread,
             checkpointer,
-            ..
         } = self;
         drop(read_permits);
         let readers = Arc::try_unwrap(readers)
@@ -275,7 +247,7 @@ impl SqliteStore {
         for conn in readers {
             conn.close().map_err(|(_, e)| backend(e))?;
         }
-        // (The writer may still hold a commit's word; this waits behind it.)
+        // (Blocks only while a `Committed` waits, until the checkpointer takes it.)
         let _ = checkpointer.tell.send(Tell::Stop);
         checkpointer
             .thread
@@ -388,19 +360,14 @@ impl Drop for Reader<'_> {
     }
 }
 
-fn writer_loop(conn: Connection, mut rx: mpsc::Receiver<Job>, wal: &Wal, tell: &SyncSender<Tell>) {
-    writer_jobs(&conn, &mut rx, wal, tell);
+fn writer_loop(conn: Connection, mut rx: mpsc::Receiver<Job>, tell: &SyncSender<Tell>) {
+    writer_jobs(&conn, &mut rx, tell);
     if let Err((_, e)) = conn.close() {
         tracing::error!(error = %e, "closing the database failed");
     }
 }
 
-fn writer_jobs(
-    conn: &Connection,
-    rx: &mut mpsc::Receiver<Job>,
-    wal: &Wal,
-    tell: &SyncSender<Tell>,
-) {
+fn writer_jobs(conn: &Connection, rx: &mut mpsc::Receiver<Job>, tell: &SyncSender<Tell>) {
     while let Some(first) = rx.blocking_recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -410,18 +377,11 @@ fn writer_jobs(
             }
         }
         let commit = commit_batch(conn, &mut batch);
-        let committed = commit.is_ok();
+        if commit.is_ok() {
+            let _ = tell.try_send(Tell::Committed);
+        }
         for job in batch {
             job.finish(commit.clone());
-        }
-        if committed {
-            let _ = tell.try_send(Tell::Committed);
-            if wal.writer_must_checkpoint.swap(false, Ordering::AcqRel) {
-                wal.by_writer.fetch_add(1, Ordering::Relaxed);
-                if let Err(e) = checkpoint(conn) {
-                    tracing::warn!(error = %e, "checkpointing the WAL failed");
-                }
-            }
         }
     }
 }
@@ -2269,16 +2229,36 @@ mod tests {
         }
     }
 
-    /// Checkpoints run on their own thread: the writer's connection never
-    /// checkpoints by itself, yet what it commits reaches the database
-    /// file while the store stays open.
+    /// How many of the rows `k…` the database file holds by itself, its
+    /// WAL left out: what a checkpoint has copied in. `None` while a copy
+    /// taken mid-checkpoint cannot be read.
+    fn rows_in_the_file_alone(path: &Path) -> Option<i64> {
+        let dir = tempfile::tempdir().unwrap();
+        let copy = dir.path().join("copy.db");
+        std::fs::copy(path, &copy).ok()?;
+        let conn = Connection::open(&copy).ok()?;
+        conn.query_row("SELECT count(*) FROM meta WHERE key LIKE 'k%'", [], |r| {
+            r.get(0)
+        })
+        .ok()
+    }
+
+    async fn write_rows(store: &SqliteStore, n: u8) {
+        for i in 0..n {
+            let key = format!("k{i}");
+            assert!(store.meta_put_if_absent(&key, vec![i; 3000]).await.unwrap());
+        }
+    }
+
+    /// The checkpointer copies what the writer commits into the database
+    /// file while the store stays open, the writer's own rule set far off.
     #[tokio::test]
     async fn the_checkpointer_copies_the_wal_into_the_file_while_the_store_stays_open() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.db");
         let rule = Checkpoints {
             every: Duration::from_millis(5),
-            writer_after_pages: i64::MAX,
+            writer_after_pages: 1_000_000,
         };
         let store = SqliteStore::open_with(&path, rule).unwrap();
         let own: i64 = store
@@ -2288,53 +2268,44 @@ mod tests {
             })
             .await
             .unwrap();
-        assert_eq!(own, 0, "the writer's connection checkpoints by itself");
-        let before = std::fs::metadata(&path).unwrap().len();
-        for i in 0..50u8 {
-            let key = format!("k{i}");
-            assert!(store.meta_put_if_absent(&key, vec![i; 3000]).await.unwrap());
-        }
+        assert_eq!(own, 1_000_000, "the writer's own checkpoints");
+        write_rows(&store, 50).await;
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            let len = std::fs::metadata(&path).unwrap().len();
-            if len >= before + 50 * 3000 {
+            let rows = rows_in_the_file_alone(&path);
+            if rows == Some(50) {
                 break;
             }
             assert!(
                 Instant::now() < deadline,
-                "the database file stayed at {len} bytes ({before} at open)"
+                "the database file alone holds {rows:?} of the 50 rows"
             );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        assert_eq!(store.wal.by_writer.load(Ordering::Relaxed), 0);
-        assert_eq!(store.meta_get("k49").await.unwrap(), Some(vec![49; 3000]));
         tokio::task::spawn_blocking(move || store.close())
             .await
             .unwrap()
             .unwrap();
     }
 
-    /// Past its limit, the WAL is checkpointed by the writer itself, after
-    /// a commit, so it restarts even under writes that never pause.
+    /// At `writer_after_pages`, the writer checkpoints in its commit,
+    /// before answering: the backstop for writes that never pause (and for
+    /// a checkpointer whose checkpoints fail), here with a checkpointer that
+    /// would wait an hour.
     #[tokio::test]
     async fn past_its_limit_the_writer_checkpoints_the_wal_itself() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("w.db");
         let rule = Checkpoints {
-            every: Duration::from_millis(1),
-            writer_after_pages: 1,
+            every: Duration::from_secs(3600),
+            writer_after_pages: 8,
         };
         let store = SqliteStore::open_with(&path, rule).unwrap();
-        for i in 0..40u8 {
-            let key = format!("k{i}");
-            assert!(store.meta_put_if_absent(&key, vec![i; 100]).await.unwrap());
-            tokio::time::sleep(Duration::from_millis(3)).await;
-        }
-        assert!(store.wal.by_writer.load(Ordering::Relaxed) > 0);
-        for i in 0..40u8 {
-            let key = format!("k{i}");
-            assert_eq!(store.meta_get(&key).await.unwrap(), Some(vec![i; 100]));
-        }
+        write_rows(&store, 50).await;
+        // All but the rows committed since the last time the WAL reached
+        // its limit (a row is a page or two; the limit, eight).
+        let rows = rows_in_the_file_alone(&path).unwrap();
+        assert!((42..=50).contains(&rows), "{rows} of the 50 rows");
         tokio::task::spawn_blocking(move || store.close())
             .await
             .unwrap()
