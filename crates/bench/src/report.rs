@@ -544,10 +544,11 @@ pub fn rows(run: &RunArgs, cores: usize, floors: &Floors, m: Measured, s: Starts
         Row::new(
             format!("floor: empty axum handler, {c} clients"),
             format!(
-                "{} · p50 {:.2} ms · p99 {:.2} ms",
+                "{} · p50 {:.2} ms · p99 {:.2} ms · load generator {:.2} cores",
                 per_s(floors.http_rate),
                 floors.http_p50,
-                floors.http_p99
+                floors.http_p99,
+                floors.http_load_cores
             ),
         ),
         Row::new(
