@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 
 use crate::load::{drive, request, Plan};
+use crate::sched::process_cpu;
 use crate::{progress, Times};
 
 /// The floors, measured once per run.
@@ -22,8 +23,9 @@ pub struct Floors {
     pub aead_per_s: f64,
     pub http_rate: f64,
     /// The load generator's CPU time while it drove the empty handler
-    /// (warm-up included), in cores: near its thread count, it, not the
-    /// machine, set `http_rate`.
+    /// (warm-up included), in cores: at or near its thread count, it, not
+    /// the machine, set `http_rate` (lower does not rule that out: the time
+    /// it waited for a core is not in it).
     pub http_load_cores: f64,
     pub http_p50: f64,
     pub http_p99: f64,
@@ -70,7 +72,7 @@ pub async fn measure(dir: &Path, clients: usize, times: &Times) -> anyhow::Resul
         rate: None,
     };
     let addr = floor_server.addr;
-    let (cpu_before, wall_before) = (crate::sched::process_cpu(), Instant::now());
+    let (cpu_before, wall_before) = (process_cpu(), Instant::now());
     let floor_load = drive(
         addr,
         plan,
@@ -79,7 +81,7 @@ pub async fn measure(dir: &Path, clients: usize, times: &Times) -> anyhow::Resul
         |s, _| s.is_success(),
     )
     .await?;
-    let http_load_cores = (crate::sched::process_cpu() - cpu_before).as_secs_f64()
+    let http_load_cores = process_cpu().saturating_sub(cpu_before).as_secs_f64()
         / wall_before.elapsed().as_secs_f64();
     let floor_one = drive(
         addr,

@@ -25,8 +25,9 @@
 //!    handler (`bench http-floor`, a child process on the same runtime
 //!    settings and allocator as the server) under the same client load as
 //!    the scenarios, with the load generator's own CPU time meanwhile, in
-//!    cores: near its `--load-threads`, the load generator, not the
-//!    machine, set that floor.
+//!    cores: at or near its `--load-threads`, the load generator, not the
+//!    machine, set that floor (a lower figure does not rule that out: it
+//!    leaves out the time the load generator waited for a core).
 //! 3. First start of the server on a fresh data dir (a temporary dir; on
 //!    PostgreSQL also a fresh schema `bench_<random>`, dropped at the end):
 //!    cold start and idle memory on empty data; one Stripe and one GitHub
@@ -124,16 +125,20 @@
 //!
 //! The load generator runs in this process on the same cores as the server
 //! (and, on PostgreSQL, the database); every figure, the floors included,
-//! pays for it. It drives all its clients from one worker thread
-//! (`--load-threads`), plus the open loop's pacer. In five alternated pairs
-//! of full SQLite runs on one machine, a second worker took more CPU per
-//! get (19–28 µs against 13–18), each get cost the server more too (48–69
-//! µs against 34–50: its threads were pre-empted more), and the closed-loop
-//! gets per second fell in every pair, by 28% on average (ingest by 19%,
-//! in four pairs of five), while the empty handler's rate did not move:
-//! the figures measured the load generator's threads as much as the server. On PostgreSQL, whose
-//! own processes took half the machine, two pairs showed no difference. The rate limits of `serve` are switched off
-//! (`--ingress-limit 0 --auth-failure-limit 0`): they would measure the limit.
+//! pays for it. By default it drives all its clients from one runtime
+//! worker (`--load-threads N` for more); the open loop's pacer is a thread
+//! of its own, and the seeder seals its batches on blocking threads. In
+//! five alternated pairs of full SQLite runs on one two-core machine,
+//! tokio's default (one worker per core, two there) took more CPU per get
+//! (19–28 µs against 13–18), each get cost the server more CPU too (48–69
+//! µs against 34–50), and the closed-loop gets per second fell in every
+//! pair, by 28% on average (ingest by 19%, in four pairs of five), while
+//! the empty handler's rate did not move: the figures measured the load
+//! generator's threads as much as the server. On PostgreSQL, whose own
+//! processes took half the machine, two pairs showed no difference.
+//!
+//! The rate limits of `serve` are switched off (`--ingress-limit 0
+//! --auth-failure-limit 0`): they would measure the limit.
 //! The table's heading says how much of the CPU PostgreSQL and, apart, any
 //! other process and the hypervisor (steal) took while it ran: on a busy
 //! machine every figure reads low, floors included. It also says how much
@@ -206,9 +211,10 @@ struct RunArgs {
     #[arg(long, default_value_t = 64)]
     clients: usize,
     /// Worker threads of the load generator's runtime, which drives every
-    /// client. One keeps the load generator's share of the two cores small
-    /// (see the module's comment); more are for a machine where one thread
-    /// cannot keep up, which its CPU per request in the table would show.
+    /// client. One keeps the load generator's share of the machine's cores
+    /// small (see the module's comment); more are for a machine where one
+    /// thread cannot keep up, which the HTTP floor's "load generator …
+    /// cores" shows.
     #[arg(long, default_value_t = 1)]
     load_threads: usize,
     /// Short phases, for CI: checks that everything runs, not how fast.
@@ -346,7 +352,7 @@ fn main() -> anyhow::Result<()> {
             .unwrap_or_default()
     };
     println!(
-        "\nLatchkey benchmark: {} backend, {} credentials stored, {} clients{}\n\
+        "\nLatchkey benchmark: {} backend, {} credentials stored, {} clients on {} load generator thread(s){}\n\
          While it ran, PostgreSQL used {:.0}% of the machine's CPU, and processes \
          other than the benchmark, its servers and PostgreSQL {:.0}%; the hypervisor \
          gave {:.0}% of this machine's CPU time to others (steal).\nWhile the gets ran, the \
@@ -355,6 +361,7 @@ fn main() -> anyhow::Result<()> {
         run.backend.name(),
         thousands(run.scale as f64),
         run.clients,
+        run.load_threads,
         if run.smoke {
             " (smoke run: figures mean nothing)"
         } else {
@@ -932,7 +939,7 @@ async fn measure(
             },
             "http_empty_handler": {
                 "clients": run.clients, "per_s": floors.http_rate,
-                "load_generator_cores": floors.http_load_cores, "load_threads": run.load_threads,
+                "load_generator": { "cores": floors.http_load_cores },
                 "p50_ms": floors.http_p50, "p99_ms": floors.http_p99,
                 "one_client_p50_ms": floors.http1_p50, "one_client_p99_ms": floors.http1_p99,
                 "open_loop": open_floors,

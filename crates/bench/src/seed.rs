@@ -131,18 +131,28 @@ pub async fn seed(
                     break;
                 }
                 let last = (first + BATCH).min(count);
-                let mut items = Vec::with_capacity((last - first) as usize);
-                for n in first..last {
-                    let template = templates
-                        .iter()
-                        .find(|t| t.integration_id == integration(n))
-                        .expect("checked above");
-                    let (record, secrets) = credential(&kek, &tenant, template, n)?;
-                    if n % SAMPLE_EVERY == 0 {
-                        sample.push((record.id.clone(), n));
+                // Sealed on a blocking thread: the batches are sealed in
+                // parallel however few workers the load generator's
+                // runtime has (`--load-threads`).
+                let (kek, templates, owner) = (kek.clone(), templates.clone(), tenant.clone());
+                let (items, sampled) = tokio::task::spawn_blocking(move || {
+                    let mut items = Vec::with_capacity((last - first) as usize);
+                    let mut sampled = Vec::new();
+                    for n in first..last {
+                        let template = templates
+                            .iter()
+                            .find(|t| t.integration_id == integration(n))
+                            .expect("checked above");
+                        let (record, secrets) = credential(&kek, &owner, template, n)?;
+                        if n % SAMPLE_EVERY == 0 {
+                            sampled.push((record.id.clone(), n));
+                        }
+                        items.push(ImportItem::Insert(record, secrets));
                     }
-                    items.push(ImportItem::Insert(record, secrets));
-                }
+                    anyhow::Ok((items, sampled))
+                })
+                .await??;
+                sample.extend(sampled);
                 let audit = AuditEntry {
                     id: domain::ids::audit(),
                     tenant_id: tenant.clone(),
