@@ -537,9 +537,8 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Option<(CredentialRecord, Vec<CounterDelta>)>>;
     /// A bearer's read of one credential: the live token with this hash and
     /// its tenant, and (when there is one) that tenant's credential `id`
-    /// with its stored counters: one statement, one round trip
-    /// (PostgreSQL), or one read transaction (SQLite), where the two reads
-    /// above cost two. The default does those two, one after the other.
+    /// with its stored counters: one statement on either backend (on
+    /// PostgreSQL, one round trip), where the two reads above cost two. The default does those two, one after the other.
     async fn find_token_with_credential(
         &self,
         hash: [u8; 32],

@@ -631,17 +631,17 @@ fn tenant_from_row(r: &Row, at: usize) -> rusqlite::Result<TenantRecord> {
     })
 }
 
-fn token_from_row(r: &Row) -> rusqlite::Result<TokenRecord> {
-    let hash: Vec<u8> = r.get(4)?;
+fn token_from_row(r: &Row, at: usize) -> rusqlite::Result<TokenRecord> {
+    let hash: Vec<u8> = r.get(at + 4)?;
     Ok(TokenRecord {
-        id: r.get(0)?,
-        tenant_id: r.get(1)?,
-        name: r.get(2)?,
-        role: r.get(3)?,
+        id: r.get(at)?,
+        tenant_id: r.get(at + 1)?,
+        name: r.get(at + 2)?,
+        role: r.get(at + 3)?,
         hash: hash.try_into().unwrap_or([0; 32]),
-        created_at: from_ms(r.get(5)?),
-        created_by: r.get(6)?,
-        revoked_at: r.get::<_, Option<i64>>(7)?.map(from_ms),
+        created_at: from_ms(r.get(at + 5)?),
+        created_by: r.get(at + 6)?,
+        revoked_at: r.get::<_, Option<i64>>(at + 7)?.map(from_ms),
     })
 }
 
@@ -670,6 +670,21 @@ fn put_secrets(conn: &Connection, credential: &str, secrets: &[SealedSecret]) ->
             .map_err(backend)?;
     }
     Ok(())
+}
+
+/// Runs `read` in one read transaction, so its statements read one
+/// snapshot. BEGIN and COMMIT are cached statements: `execute_batch` would
+/// parse them again on every call.
+fn in_snapshot<T>(c: &Connection, read: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
+    let run = |sql| {
+        c.prepare_cached(sql)
+            .and_then(|mut s| s.execute([]))
+            .map_err(backend)
+    };
+    run("BEGIN")?;
+    let found = read(c);
+    run("COMMIT")?;
+    found
 }
 
 /// An FTS5 phrase query for a substring (the trigram tokenizer needs ≥ 3 characters).
@@ -786,7 +801,7 @@ impl Store for SqliteStore {
                 )
                 .map_err(backend)?;
             let items = s
-                .query_map(params![tenant, after, limit as i64 + 1], token_from_row)
+                .query_map(params![tenant, after, limit as i64 + 1], |r| token_from_row(r, 0))
                 .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
                 .map_err(backend)?;
             Ok(page(items, limit, |t| &t.id))
@@ -917,10 +932,9 @@ impl Store for SqliteStore {
             // The walk, the index and the rows they lead to are read in one
             // snapshot: a write committed between two of the statements
             // could otherwise move or renumber a match.
-            c.execute_batch("BEGIN").map_err(backend)?;
-            let found = search(c, &base, base_args, &q, &q_integrations, limit, stretch);
-            c.execute_batch("COMMIT").map_err(backend)?;
-            found
+            in_snapshot(c, |c| {
+                search(c, &base, base_args, &q, &q_integrations, limit, stretch)
+            })
         })
         .await
     }
@@ -1383,7 +1397,7 @@ impl Store for SqliteStore {
             )
             .and_then(|mut st| {
                 st.query_row(params![id_hash.as_slice(), ms(now)], |r| {
-                    let token = token_from_row(r)?;
+                    let token = token_from_row(r, 0)?;
                     let session = SessionRecord {
                         id_hash,
                         token_id: token.id.clone(),
@@ -1599,13 +1613,8 @@ impl Store for SqliteStore {
     ) -> Result<Option<(CredentialRecord, Vec<CounterDelta>)>> {
         // One read transaction for both: one snapshot, and one round of
         // the file locks a read transaction takes instead of two.
-        self.read_point(move |c| {
-            c.execute_batch("BEGIN").map_err(backend)?;
-            let read = credential_with_counters(c, tenant, id);
-            c.execute_batch("COMMIT").map_err(backend)?;
-            read
-        })
-        .await
+        self.read_point(move |c| in_snapshot(c, |c| credential_with_counters(c, tenant, id)))
+            .await
     }
 
     async fn find_token_with_credential(
@@ -1613,25 +1622,10 @@ impl Store for SqliteStore {
         hash: [u8; 32],
         id: &str,
     ) -> Result<Option<TokenWithCredential>> {
-        // The token and the credential in one read transaction too.
-        self.read_point(move |c| {
-            c.execute_batch("BEGIN").map_err(backend)?;
-            let read = find_token(c, &hash).and_then(|found| {
-                found
-                    .map(|(token, tenant)| {
-                        let credential = credential_with_counters(c, &tenant.id, id)?;
-                        Ok(TokenWithCredential {
-                            token,
-                            tenant,
-                            credential,
-                        })
-                    })
-                    .transpose()
-            });
-            c.execute_batch("COMMIT").map_err(backend)?;
-            read
-        })
-        .await
+        // One statement (the free function of this name), so one snapshot
+        // with no BEGIN and COMMIT around it.
+        self.read_point(move |c| find_token_with_credential(c, &hash, id))
+            .await
     }
 
     async fn export_snapshot(&self, sink: mpsc::Sender<snapshot::Chunk>) -> Result<()> {
@@ -2106,11 +2100,80 @@ fn find_token(c: &Connection, hash: &[u8; 32]) -> Result<Option<(TokenRecord, Te
     )
     .and_then(|mut s| {
         s.query_row([hash.as_slice()], |r| {
-            Ok((token_from_row(r)?, tenant_from_row(r, 8)?))
+            Ok((token_from_row(r, 0)?, tenant_from_row(r, 8)?))
         })
         .optional()
     })
     .map_err(backend)
+}
+
+/// The live token with this hash, its tenant, and the tenant's credential
+/// `id` with its stored counters, in one statement: one row per counter (or
+/// one row, its counter columns NULL, for a credential without counters or
+/// no credential), the token, tenant and credential repeated on each. A
+/// statement reads one snapshot, so it needs no transaction around it, and
+/// a get costs one statement's lookup in the cache and reset, and its
+/// steps, rather than three statements' plus a BEGIN and a COMMIT.
+fn find_token_with_credential(
+    c: &Connection,
+    hash: &[u8; 32],
+    id: &str,
+) -> Result<Option<TokenWithCredential>> {
+    const SQL: &str =
+        "SELECT c.id, c.tenant_id, c.name, c.description, c.integration_id, c.auth_type,
+                c.services, c.scopes, c.params, c.secret_fields, c.status, c.status_message,
+                c.checked_at, c.version, c.kek_id, c.wrapped_dek, c.created_at, c.created_by,
+                c.updated_at, c.updated_by,
+                k.id, k.tenant_id, k.name, k.role, k.hash, k.created_at, k.created_by, k.revoked_at,
+                t.id, t.name, t.is_operator, t.created_at,
+                i.kind, i.outcome, i.count
+         FROM tokens k JOIN tenants t ON t.id = k.tenant_id
+         LEFT JOIN credentials c ON c.tenant_id = k.tenant_id AND c.id = ?2
+         LEFT JOIN ingress_counters i ON i.credential_id = c.id
+         WHERE k.hash = ?1 AND k.revoked_at IS NULL";
+    // The columns of each part, in the order of the statement.
+    const TOKEN: usize = 20;
+    const TENANT: usize = 28;
+    const COUNTER: usize = 32;
+    let mut s = c.prepare_cached(SQL).map_err(backend)?;
+    let mut rows = s.query(params![hash.as_slice(), id]).map_err(backend)?;
+    let Some(first) = rows.next().map_err(backend)? else {
+        return Ok(None);
+    };
+    let counter = |r: &Row, credential: &str| -> rusqlite::Result<Option<CounterDelta>> {
+        let Some(kind) = r.get::<_, Option<String>>(COUNTER)? else {
+            return Ok(None);
+        };
+        Ok(Some(CounterDelta {
+            credential_id: credential.to_string(),
+            kind,
+            outcome: r.get(COUNTER + 1)?,
+            count: r.get::<_, i64>(COUNTER + 2)? as u64,
+        }))
+    };
+    let token = token_from_row(first, TOKEN).map_err(backend)?;
+    let tenant = tenant_from_row(first, TENANT).map_err(backend)?;
+    let credential = match first.get_ref(0).map_err(backend)? {
+        rusqlite::types::ValueRef::Null => None,
+        _ => {
+            let record = credential_from_row(first).map_err(backend)?;
+            let mut counters: Vec<CounterDelta> = counter(first, &record.id)
+                .map_err(backend)?
+                .into_iter()
+                .collect();
+            while let Some(r) = rows.next().map_err(backend)? {
+                counters.extend(counter(r, &record.id).map_err(backend)?);
+            }
+            // In the order `counters` reads them (the key's order).
+            counters.sort_by(|a, b| (&a.kind, &a.outcome).cmp(&(&b.kind, &b.outcome)));
+            Some((record, counters))
+        }
+    };
+    Ok(Some(TokenWithCredential {
+        token,
+        tenant,
+        credential,
+    }))
 }
 
 /// A credential and its stored counters; call it inside a read

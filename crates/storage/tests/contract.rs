@@ -2084,27 +2084,30 @@ async fn a_token_is_found_with_its_tenants_credential() {
             ("ten_a", "cred_2"),
             ("ten_b", "cred_3"),
         ] {
-            s.insert_credential(
-                credential(tenant, id, id, "stripe"),
-                vec![],
-                audit(tenant, "credential.create"),
-            )
-            .await
-            .unwrap();
+            let mut rec = credential(tenant, id, id, "stripe");
+            if id == "cred_2" {
+                // Every nullable column set, so each is read from its place.
+                rec.status = "invalid".into();
+                rec.status_message = Some("the provider said no".into());
+                rec.checked_at = Some(t(4));
+            }
+            s.insert_credential(rec, vec![], audit(tenant, "credential.create"))
+                .await
+                .unwrap();
         }
+        let delta = |credential: &str, kind: &str, outcome: &str, count| CounterDelta {
+            credential_id: credential.into(),
+            kind: kind.into(),
+            outcome: outcome.into(),
+            count,
+        };
+        // Two counters for cred_1, none for cred_2, one for cred_3, and one
+        // for an id no credential has (counters need none).
         s.add_counters(vec![
-            CounterDelta {
-                credential_id: "cred_1".into(),
-                kind: "webhook".into(),
-                outcome: "accepted".into(),
-                count: 7,
-            },
-            CounterDelta {
-                credential_id: "cred_1".into(),
-                kind: "action".into(),
-                outcome: "duplicate".into(),
-                count: 2,
-            },
+            delta("cred_1", "webhook", "accepted", 7),
+            delta("cred_1", "action", "duplicate", 2),
+            delta("cred_3", "webhook", "rejected", 5),
+            delta("cred_404", "webhook", "accepted", 1),
         ])
         .await
         .unwrap();
@@ -2125,6 +2128,11 @@ async fn a_token_is_found_with_its_tenants_credential() {
                 .unwrap();
             assert_eq!(rec, alone, "{id}");
             assert_eq!(counted, alone_counted, "{id}");
+            if id == "cred_2" {
+                assert_eq!(rec.status_message.as_deref(), Some("the provider said no"));
+                assert_eq!(rec.checked_at, Some(t(4)));
+                assert!(counted.is_empty());
+            }
         }
         let found = s
             .find_token_with_credential(hash(1), "cred_1")
@@ -2170,7 +2178,20 @@ async fn a_token_is_found_with_its_tenants_credential() {
             .unwrap()
             .unwrap();
         assert_eq!(found.tenant, tenant("ten_b", "Beta"));
-        assert_eq!(found.credential.unwrap().0.id, "cred_3");
+        let (rec, counted) = found.credential.unwrap();
+        assert_eq!(rec.id, "cred_3");
+        assert_eq!(
+            counted
+                .into_iter()
+                .map(|d| (d.credential_id, d.kind, d.outcome, d.count))
+                .collect::<Vec<_>>(),
+            [(
+                "cred_3".to_string(),
+                "webhook".to_string(),
+                "rejected".to_string(),
+                5
+            )]
+        );
 
         // An unknown token finds nothing, not even a credential it names.
         assert!(s
