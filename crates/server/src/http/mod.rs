@@ -12,6 +12,7 @@ pub mod events;
 pub mod identity;
 pub mod ingress;
 pub mod keys;
+pub mod rfc3339;
 pub mod services;
 
 use std::sync::Arc;
