@@ -241,8 +241,9 @@ impl Credential {
 }
 
 /// `{base}{path}{id}`, in one allocation of its final size. Every
-/// credential in a response has two or three; under callgrind, building
-/// them with `format!` took about 2,000 instructions more a credential.
+/// credential in a response has two or three; under callgrind, building a
+/// Stripe credential's two with `format!` took about 2,600 instructions
+/// more.
 fn url(base: &str, path: &str, id: &str) -> String {
     let mut url = String::with_capacity(base.len() + path.len() + id.len());
     url.push_str(base);
