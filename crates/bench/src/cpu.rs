@@ -96,10 +96,62 @@ impl Sample {
     }
 }
 
+/// The share of the machine's CPU time from `earlier` to `later` that was
+/// spent running anything at all: this process, its children (the server),
+/// PostgreSQL and every other process, user and kernel time alike. Time the
+/// hypervisor gave to others (steal) counts as not busy: no process here
+/// used it.
+pub fn busy_share(earlier: &Sample, later: &Sample) -> f64 {
+    let total = later.total.saturating_sub(earlier.total);
+    if total == 0 {
+        return 0.0;
+    }
+    (later.busy.saturating_sub(earlier.busy) as f64 / total as f64).clamp(0.0, 1.0)
+}
+
 /// The one-minute load average.
 pub fn load_average() -> f64 {
     std::fs::read_to_string("/proc/loadavg")
         .ok()
         .and_then(|l| l.split_whitespace().next()?.parse().ok())
         .unwrap_or(0.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(busy: u64, steal: u64, total: u64) -> Sample {
+        Sample {
+            busy,
+            steal,
+            total,
+            own: 0,
+            database: 0,
+        }
+    }
+
+    #[test]
+    fn busy_is_the_share_of_all_ticks_that_ran_anything_and_steal_is_not_busy() {
+        // 300 of 400 ticks busy, 50 stolen, 50 idle.
+        assert_eq!(busy_share(&at(100, 10, 1000), &at(400, 60, 1400)), 0.75);
+        assert_eq!(busy_share(&at(0, 0, 0), &at(0, 100, 200)), 0.0);
+        // No tick passed, or a counter went back: no division by zero, no
+        // share outside 0..=1.
+        assert_eq!(busy_share(&at(5, 0, 10), &at(5, 0, 10)), 0.0);
+        assert_eq!(busy_share(&at(50, 0, 100), &at(40, 0, 200)), 0.0);
+    }
+
+    #[test]
+    fn the_machine_reads_busier_while_a_thread_spins() {
+        let before = Sample::now().expect("/proc/stat");
+        let until = std::time::Instant::now() + std::time::Duration::from_millis(300);
+        while std::time::Instant::now() < until {
+            std::hint::spin_loop();
+        }
+        let share = busy_share(&before, &Sample::now().expect("/proc/stat"));
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+        // One spinning thread keeps at least most of one core busy.
+        assert!(share >= 0.5 / cores, "{share} with {cores} cores");
+    }
 }

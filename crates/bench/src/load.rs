@@ -140,6 +140,9 @@ pub struct Outcome {
     /// The CPU time the server's threads and the load generator used
     /// meanwhile, and the probe before, where the caller measured them.
     pub server: Option<crate::sched::Usage>,
+    /// How busy the whole machine was meanwhile (see
+    /// [`crate::cpu::busy_share`]), where the caller measured it.
+    pub machine_busy: Option<f64>,
 }
 
 impl Outcome {
@@ -462,6 +465,7 @@ where
         held,
         slow,
         server: None,
+        machine_busy: None,
     })
 }
 
@@ -603,6 +607,7 @@ mod tests {
             held,
             slow,
             server: None,
+            machine_busy: None,
         };
         assert_eq!(
             o.stalls(LATE),

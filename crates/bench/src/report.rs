@@ -48,6 +48,9 @@ impl Budget {
     }
 }
 
+/// The result column of a latency shown beside its budget but not judged on it.
+pub const NOT_JUDGED: &str = "not judged (load)";
+
 /// The p99 budgets of DESIGN.md §6 for a get by id and a search page.
 pub const GET_P99: Duration = Duration::from_millis(2);
 pub const SEARCH_P99: Duration = Duration::from_millis(10);
@@ -59,6 +62,9 @@ pub struct Row {
     pub figure: String,
     /// The value the budget is judged on, its unit, and the budget.
     pub judged: Option<(f64, &'static str, Budget)>,
+    /// Shown next to the budget but not judged on it (a latency at a load
+    /// the budgets are not given at: see `crate::HALF_BUSY`).
+    pub shown_only: bool,
     pub vs_http: Option<String>,
     pub vs_fsync: Option<String>,
     pub vs_aead: Option<String>,
@@ -74,6 +80,7 @@ impl Row {
             scenario: scenario.into(),
             figure: figure.into(),
             judged: None,
+            shown_only: false,
             vs_http: None,
             vs_fsync: None,
             vs_aead: None,
@@ -100,8 +107,22 @@ impl Row {
         self
     }
 
+    /// The budget's verdict; none for a row without a budget or one shown
+    /// only.
     pub fn verdict(&self) -> Option<&'static str> {
+        if self.shown_only {
+            return None;
+        }
         self.judged.map(|(v, _, b)| b.verdict(v))
+    }
+
+    /// What the table's result column says.
+    fn result(&self) -> &'static str {
+        match self.verdict() {
+            Some(v) => v,
+            None if self.shown_only => NOT_JUDGED,
+            None => "—",
+        }
     }
 
     pub fn to_json(&self) -> Value {
@@ -111,6 +132,7 @@ impl Row {
             "budget": self.judged.map(|(_, unit, b)| b.text(unit)),
             "judged_value": self.judged.map(|(v, _, _)| v),
             "verdict": self.verdict(),
+            "shown_not_judged": self.shown_only,
             "vs_http_floor": self.vs_http,
             "vs_fsync_floor": self.vs_fsync,
             "vs_aead_floor": self.vs_aead,
@@ -142,7 +164,7 @@ pub fn table(rows: &[Row]) -> Table {
                     .map(|(_, unit, b)| b.text(unit))
                     .unwrap_or_else(dash),
             ),
-            Cell::new(r.verdict().unwrap_or("—")),
+            Cell::new(r.result()),
             Cell::new(r.vs_http.clone().unwrap_or_else(dash)).set_alignment(CellAlignment::Right),
             Cell::new(r.vs_fsync.clone().unwrap_or_else(dash)).set_alignment(CellAlignment::Right),
             Cell::new(r.vs_aead.clone().unwrap_or_else(dash)).set_alignment(CellAlignment::Right),
@@ -188,13 +210,19 @@ pub struct Measured<'a> {
     pub get_load: &'a Outcome,
     /// Open loop at `PACED` of that rate.
     pub get_paced: &'a Outcome,
+    /// Open loop with the machine about half busy: the judged row.
+    pub get_half: &'a Outcome,
     pub get_one: &'a Outcome,
     pub search_load: &'a Outcome,
     pub search_paced: &'a Outcome,
+    pub search_half: &'a Outcome,
     pub search_one: &'a Outcome,
     /// The empty handler, open loop at the open-loop rows' rates.
     pub get_floor: OpenFloor,
     pub search_floor: OpenFloor,
+    /// And at the rates of the half-busy rows.
+    pub get_half_floor: OpenFloor,
+    pub search_half_floor: OpenFloor,
     pub ingest: &'a Outcome,
     pub duplicate: &'a Outcome,
 }
@@ -239,7 +267,8 @@ pub fn rows(run: &RunArgs, cores: usize, floors: &Floors, m: Measured, s: Starts
                        l: load::Latencies,
                        o: &Outcome,
                        floor: Floor,
-                       budget: Budget| {
+                       budget: Budget,
+                       judged: bool| {
         let (f50, f99, label) = match floor {
             Floor::Closed => (floors.http_p50, floors.http_p99, ""),
             Floor::One => (floors.http1_p50, floors.http1_p99, " 1-client floor"),
@@ -255,6 +284,7 @@ pub fn rows(run: &RunArgs, cores: usize, floors: &Floors, m: Measured, s: Starts
             ),
         )
         .budget(l.ms(99.0), "ms p99", budget);
+        r.shown_only = !judged;
         r.vs_http = Some(format!(
             "p50 {:.1}×, p99 {:.1}×{}",
             l.ms(50.0) / f50,
@@ -317,30 +347,33 @@ pub fn rows(run: &RunArgs, cores: usize, floors: &Floors, m: Measured, s: Starts
 
     let paced = |o: &Outcome| {
         format!(
-            "{c} connections, open loop at {} ({:.0}% of the closed loop's rate)",
+            "{c} connections, open loop at {} ({:.0}% of the closed loop's rate, machine {:.0}% busy)",
             per_s(o.offered.unwrap_or_default()),
-            crate::PACED * 100.0
+            crate::PACED * 100.0,
+            o.machine_busy.unwrap_or_default() * 100.0
         )
     };
+    let half = |o: &Outcome| {
+        format!(
+            "{c} connections, open loop at {}, machine {:.0}% busy (target {:.0}%)",
+            per_s(o.offered.unwrap_or_default()),
+            o.machine_busy.unwrap_or_default() * 100.0,
+            crate::HALF_BUSY * 100.0
+        )
+    };
+    // The budgets are judged with the machine half busy and with one
+    // client; the closed loop and the open loop at half its rate are shown
+    // beside them (see `crate::HALF_BUSY`).
     rows.push(with_server(
         latency_row(
-            format!("2. get by id at {scale}, {c} clients, closed loop"),
-            m.get_load.all(),
-            m.get_load,
-            Floor::Closed,
+            format!("2. get by id at {scale}, {}", half(m.get_half)),
+            m.get_half.all(),
+            m.get_half,
+            Floor::Open(m.get_half_floor),
             get_budget,
+            true,
         ),
-        m.get_load,
-    ));
-    rows.push(with_server(
-        latency_row(
-            format!("2. get by id at {scale}, {}", paced(m.get_paced)),
-            m.get_paced.all(),
-            m.get_paced,
-            Floor::Open(m.get_floor),
-            get_budget,
-        ),
-        m.get_paced,
+        m.get_half,
     ));
     rows.push(with_server(
         latency_row(
@@ -349,31 +382,45 @@ pub fn rows(run: &RunArgs, cores: usize, floors: &Floors, m: Measured, s: Starts
             m.get_one,
             Floor::One,
             get_budget,
+            true,
         ),
         m.get_one,
     ));
     rows.push(with_server(
         latency_row(
-            format!("2. search page (50 rows) at {scale}, {c} clients, closed loop, mixed"),
-            m.search_load.all(),
-            m.search_load,
-            Floor::Closed,
-            search_budget,
+            format!("2. get by id at {scale}, {}", paced(m.get_paced)),
+            m.get_paced.all(),
+            m.get_paced,
+            Floor::Open(m.get_floor),
+            get_budget,
+            false,
         ),
-        m.search_load,
+        m.get_paced,
+    ));
+    rows.push(with_server(
+        latency_row(
+            format!("2. get by id at {scale}, {c} clients, closed loop"),
+            m.get_load.all(),
+            m.get_load,
+            Floor::Closed,
+            get_budget,
+            false,
+        ),
+        m.get_load,
     ));
     rows.push(with_server(
         latency_row(
             format!(
                 "2. search page (50 rows) at {scale}, {}, mixed",
-                paced(m.search_paced)
+                half(m.search_half)
             ),
-            m.search_paced.all(),
-            m.search_paced,
-            Floor::Open(m.search_floor),
+            m.search_half.all(),
+            m.search_half,
+            Floor::Open(m.search_half_floor),
             search_budget,
+            true,
         ),
-        m.search_paced,
+        m.search_half,
     ));
     rows.push(with_server(
         latency_row(
@@ -382,6 +429,7 @@ pub fn rows(run: &RunArgs, cores: usize, floors: &Floors, m: Measured, s: Starts
             m.search_one,
             Floor::One,
             search_budget,
+            true,
         ),
         m.search_one,
     ));
@@ -393,8 +441,34 @@ pub fn rows(run: &RunArgs, cores: usize, floors: &Floors, m: Measured, s: Starts
             m.search_one,
             Floor::One,
             search_budget,
+            true,
         ));
     }
+    rows.push(with_server(
+        latency_row(
+            format!(
+                "2. search page (50 rows) at {scale}, {}, mixed",
+                paced(m.search_paced)
+            ),
+            m.search_paced.all(),
+            m.search_paced,
+            Floor::Open(m.search_floor),
+            search_budget,
+            false,
+        ),
+        m.search_paced,
+    ));
+    rows.push(with_server(
+        latency_row(
+            format!("2. search page (50 rows) at {scale}, {c} clients, closed loop, mixed"),
+            m.search_load.all(),
+            m.search_load,
+            Floor::Closed,
+            search_budget,
+            false,
+        ),
+        m.search_load,
+    ));
 
     let mut r = Row::new(
         format!("3. verified Stripe webhook ingest, {c} clients"),
@@ -559,7 +633,12 @@ pub fn rows(run: &RunArgs, cores: usize, floors: &Floors, m: Measured, s: Starts
             ),
         ),
     ];
-    for (row, f) in [("get", m.get_floor), ("search", m.search_floor)] {
+    for (row, f) in [
+        ("get", m.get_half_floor),
+        ("search", m.search_half_floor),
+        ("half-rate get", m.get_floor),
+        ("half-rate search", m.search_floor),
+    ] {
         floor_rows.push(Row::new(
             format!(
                 "floor: empty axum handler, {c} connections, open loop at {} (the {row} rate)",
@@ -575,4 +654,29 @@ pub fn rows(run: &RunArgs, cores: usize, floors: &Floors, m: Measured, s: Starts
     }
     rows.append(&mut floor_rows);
     rows
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_row_shown_beside_its_budget_has_no_verdict_and_says_it_is_not_judged() {
+        let budget = Budget::AtMost {
+            must: 2.0,
+            aim: Some(1.0),
+        };
+        let judged = Row::new("get", "p99 3 ms").budget(3.0, "ms p99", budget);
+        assert_eq!(judged.verdict(), Some("MISS"));
+        assert_eq!(judged.result(), "MISS");
+        let mut shown = judged.clone();
+        shown.shown_only = true;
+        assert_eq!(shown.verdict(), None);
+        assert_eq!(shown.result(), NOT_JUDGED);
+        let json = shown.to_json();
+        assert_eq!(json["verdict"], Value::Null);
+        assert_eq!(json["shown_not_judged"], true);
+        assert_eq!(json["budget"], "≤ 2 ms p99 (aim 1)");
+        assert_eq!(Row::new("floor", "1/s").result(), "—");
+    }
 }
