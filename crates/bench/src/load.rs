@@ -140,8 +140,9 @@ pub struct Outcome {
     /// The CPU time the server's threads and the load generator used
     /// meanwhile, and the probe before, where the caller measured them.
     pub server: Option<crate::sched::Usage>,
-    /// How busy the whole machine was meanwhile (see
-    /// [`crate::cpu::busy_share`]), where the caller measured it.
+    /// How busy the whole machine was over the run, connecting and warm-up
+    /// included (see [`crate::cpu::busy_share`]), where the caller measured
+    /// it.
     pub machine_busy: Option<f64>,
 }
 

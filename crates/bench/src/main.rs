@@ -749,7 +749,7 @@ async fn measure(
     let get_load = get(run.clients, times.latency, None).await?;
     answered("get", &get_load)?;
     let get_paced = get(run.clients, times.latency, Some(get_load.rate() * PACED)).await?;
-    let get_half = half_busy(
+    let (get_half, get_trial) = half_busy(
         "get",
         |measure, rate| get(run.clients, measure, Some(rate)),
         get_load.rate(),
@@ -795,7 +795,7 @@ async fn measure(
     let search_load = search(run.clients, times.latency, None).await?;
     answered("search", &search_load)?;
     let search_paced = search(run.clients, times.latency, Some(search_load.rate() * PACED)).await?;
-    let search_half = half_busy(
+    let (search_half, search_trial) = half_busy(
         "search",
         |measure, rate| search(run.clients, measure, Some(rate)),
         search_load.rate(),
@@ -960,13 +960,20 @@ async fn measure(
         },
     );
     let open_floors: Vec<Value> = [
-        ("get", get_floor),
-        ("search", search_floor),
-        ("get, machine half busy", get_half_floor),
-        ("search, machine half busy", search_half_floor),
+        (report::GET_HALF_BUSY, get_half_floor),
+        (report::SEARCH_HALF_BUSY, search_half_floor),
+        (report::GET_HALF_RATE, get_floor),
+        (report::SEARCH_HALF_RATE, search_floor),
     ]
     .iter()
         .map(|(row, f)| json!({ "row": row, "connections": run.clients, "per_s": f.rate, "p50_ms": f.p50, "p99_ms": f.p99 }))
+        .collect();
+    let trials: Vec<Value> = [("get", get_trial), ("search", search_trial)]
+        .iter()
+        .map(|(row, t)| {
+            json!({ "row": row, "seconds": times.calibrate.as_secs_f64(),
+                    "per_s": t.rate, "machine_busy": t.busy })
+        })
         .collect();
     let facts = json!({
         "floors": {
@@ -995,6 +1002,7 @@ async fn measure(
                 "open_loop": open_floors,
             },
         },
+        "half_busy_trials": trials,
         "seed": { "credentials": run.scale, "seconds": seeded.elapsed.as_secs_f64() },
         "disk_reads_machine_wide": {
             "get": { "mib": get_reads.mib(), "refaulted_pages": get_reads.refaults },
@@ -1007,44 +1015,68 @@ async fn measure(
 }
 
 /// The rate of the first open-loop get and search rows, as a share of the
-/// rate the closed loop just reached (the server's capacity). Shown, not
-/// judged (see [`HALF_BUSY`]): a request that arrives alone costs the
-/// server and the load generator more CPU than one that finds a queue (each
-/// side is woken for it), so half the closed loop's rate keeps the machine
-/// far more than half busy (87% of what the closed loop used, in one SQLite
-/// run on two cores). It is also the rate [`half_busy`] starts from.
+/// rate the closed loop just reached (the server's capacity). Shown beside
+/// the budget, not judged (see [`HALF_BUSY`]), and the rate [`half_busy`]
+/// starts from. Half the rate is not half the load: a request that arrives
+/// alone costs the server and the load generator a wake-up each, which a
+/// request that finds a queue does not, so for a get this rate keeps the
+/// machine well over half busy (each row says how busy).
 pub(crate) const PACED: f64 = 0.5;
 
-/// How busy the whole machine (every process on it: the server, PostgreSQL,
-/// the load generator and anything else) is kept by the open-loop get and
-/// search rows that the p99 budgets are judged on, with the one-client rows.
+/// How busy the whole machine is kept by the open-loop get and search rows
+/// on which, with the one-client rows, the p99 budgets are judged. 50% is
+/// this project's choice.
 ///
 /// DESIGN.md §6 gives the p99 budgets at a data size (1,000,000
-/// credentials), not at a load. The closed loop cannot be what they mean:
-/// its clients are always waiting, so its latency is `--clients` divided by
-/// the rate (Little's law) whatever the server does, and at 64 clients even
-/// the empty handler's p99 has been 1.4–4.9 ms on this two-core machine; a
-/// get's aim of 1 ms there would need more than 64,000 gets/s with a
-/// perfectly even queue. Latency is a promise about a server that is not
-/// saturated, which is how a service is run: when it nears its capacity,
-/// replicas are added (DESIGN.md §5). So the budgets are judged where
-/// capacity is usually planned, with the machine half busy, arrivals on
-/// their own schedule and each request timed from when it was due; the
-/// load generator's own CPU counts against that half, as it would not in
-/// production.
+/// credentials), not at a load. They are read here as the latency of a
+/// server that is not saturated:
+///
+/// - In the closed loop the clients are always waiting, so its latency is
+///   `--clients` divided by the rate (Little's law), whatever the server
+///   does. A get's aim of 1 ms at 64 clients would need over 64,000 gets/s
+///   even with a perfectly even queue.
+/// - Half the closed loop's rate ([`PACED`]) is not half the load, so the
+///   rate is set by how busy the machine is instead.
+///
+/// What a pass then means, and does not:
+///
+/// - Every process counts toward the half: the server, PostgreSQL, the load
+///   generator (which in production runs elsewhere; its CPU per request is
+///   in each row's last column) and any other process (a busy neighbour
+///   lowers the rate the server is judged at; the heading says how much
+///   other processes took).
+/// - The judged load is light. On a two-core machine, for a get it is
+///   about a quarter to a third of the closed loop's rate, and for a search
+///   about the rate one client reaches sending one search at a time.
+/// - The rate is found, not enforced: each row prints how busy the machine
+///   really was, and a run that lands off the target is not failed.
+/// - The rows at higher loads (the closed loop, and the open loop at half
+///   its rate) are printed beside their budgets, marked within or over.
+/// - A server near its capacity is scaled out: on PostgreSQL, with more
+///   replicas (DESIGN.md §5). The embedded SQLite default is one process,
+///   and grows only with its machine.
 pub(crate) const HALF_BUSY: f64 = 0.5;
 
 /// The rate that would keep the machine [`HALF_BUSY`], from a run at `rate`
 /// that kept it `busy`, if each request costs the machine as much CPU at
 /// the new rate: between 1% of `capacity` (the closed loop's rate) and
 /// `capacity`.
+/// (A machine that read as not busy at all says nothing of the rate: `rate`
+/// is kept.)
 fn toward_half_busy(rate: f64, busy: f64, capacity: f64) -> f64 {
     let scaled = if busy > 0.0 {
         rate * HALF_BUSY / busy
     } else {
-        capacity
+        rate
     };
     scaled.clamp(capacity * 0.01, capacity)
+}
+
+/// The short open-loop run [`half_busy`] scales its rate from.
+#[derive(Debug, Clone, Copy)]
+struct Trial {
+    rate: f64,
+    busy: f64,
 }
 
 /// The open loop with the machine about [`HALF_BUSY`]: `run(measure, rate)`
@@ -1059,25 +1091,30 @@ async fn half_busy<F, Fut>(
     capacity: f64,
     paced: &load::Outcome,
     times: &Times,
-) -> anyhow::Result<load::Outcome>
+) -> anyhow::Result<(load::Outcome, Trial)>
 where
     F: Fn(Duration, f64) -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<load::Outcome>>,
 {
     let busy = |o: &load::Outcome| {
         o.machine_busy
-            .context("an open-loop run notes how busy the machine was")
+            .context("no CPU tick passed in an open-loop run: how busy the machine was is unknown")
     };
     let trial_rate = toward_half_busy(offered(paced)?, busy(paced)?, capacity);
     let trial = run(times.calibrate, trial_rate).await?;
-    let rate = toward_half_busy(trial_rate, busy(&trial)?, capacity);
+    let trial = Trial {
+        rate: trial_rate,
+        busy: busy(&trial)?,
+    };
+    let rate = toward_half_busy(trial.rate, trial.busy, capacity);
     progress(format!(
-        "{name}: open loop at {:.0}/s kept the machine {:.0}% busy, at {trial_rate:.0}/s {:.0}%; the judged open loop runs at {rate:.0}/s",
+        "{name}: open loop at {:.0}/s kept the machine {:.0}% busy, at {:.0}/s {:.0}%; the judged open loop runs at {rate:.0}/s",
         offered(paced)?,
         busy(paced)? * 100.0,
-        busy(&trial)? * 100.0
+        trial.rate,
+        trial.busy * 100.0
     ));
-    run(times.latency, rate).await
+    Ok((run(times.latency, rate).await?, trial))
 }
 
 /// Fails the run, with the scenario's name, if it completed no request in
@@ -1144,14 +1181,14 @@ async fn on_server(
     Ok(outcome)
 }
 
-/// Runs a scenario and notes how busy the whole machine was meanwhile
-/// ([`cpu::busy_share`]).
+/// Runs a scenario and notes how busy the whole machine was over it, warm-up
+/// included ([`cpu::busy_share`]).
 async fn busy_while(
     scenario: impl std::future::Future<Output = anyhow::Result<load::Outcome>>,
 ) -> anyhow::Result<load::Outcome> {
     let before = cpu::Sample::now()?;
     let mut outcome = scenario.await?;
-    outcome.machine_busy = Some(cpu::busy_share(&before, &cpu::Sample::now()?));
+    outcome.machine_busy = cpu::busy_share(&before, &cpu::Sample::now()?);
     Ok(outcome)
 }
 
@@ -1352,10 +1389,10 @@ mod tests {
         // A machine less than half busy gets more, up to the capacity.
         assert_eq!(toward_half_busy(10_000.0, 0.25, 30_000.0), 20_000.0);
         assert_eq!(toward_half_busy(10_000.0, 0.1, 20_000.0), 20_000.0);
-        // Never below 1% of the capacity, and an idle reading (no ticks)
-        // does not divide by zero.
+        // Never below 1% of the capacity; a reading of not busy at all
+        // keeps the rate.
         assert_eq!(toward_half_busy(100.0, 1.0, 20_000.0), 200.0);
-        assert_eq!(toward_half_busy(10_000.0, 0.0, 20_000.0), 20_000.0);
+        assert_eq!(toward_half_busy(10_000.0, 0.0, 20_000.0), 10_000.0);
     }
 
     #[test]

@@ -48,8 +48,16 @@ impl Budget {
     }
 }
 
-/// The result column of a latency shown beside its budget but not judged on it.
-pub const NOT_JUDGED: &str = "not judged (load)";
+/// The result column of a latency shown beside its budget but not judged on
+/// it, within the budget or over it.
+pub const NOT_JUDGED_WITHIN: &str = "not judged (within)";
+pub const NOT_JUDGED_OVER: &str = "not judged (over)";
+
+/// The names of the open-loop rows' floors, in the table and in the JSON.
+pub const GET_HALF_BUSY: &str = "get, machine half busy";
+pub const SEARCH_HALF_BUSY: &str = "search, machine half busy";
+pub const GET_HALF_RATE: &str = "get, half the closed loop's rate";
+pub const SEARCH_HALF_RATE: &str = "search, half the closed loop's rate";
 
 /// The p99 budgets of DESIGN.md §6 for a get by id and a search page.
 pub const GET_P99: Duration = Duration::from_millis(2);
@@ -116,12 +124,19 @@ impl Row {
         self.judged.map(|(v, _, b)| b.verdict(v))
     }
 
+    /// For a row shown only: whether its figure is within the budget.
+    fn within(&self) -> Option<bool> {
+        let (v, _, b) = self.judged.filter(|_| self.shown_only)?;
+        Some(b.verdict(v) != "MISS")
+    }
+
     /// What the table's result column says.
     fn result(&self) -> &'static str {
-        match self.verdict() {
-            Some(v) => v,
-            None if self.shown_only => NOT_JUDGED,
-            None => "—",
+        match (self.verdict(), self.within()) {
+            (Some(v), _) => v,
+            (None, Some(true)) => NOT_JUDGED_WITHIN,
+            (None, Some(false)) => NOT_JUDGED_OVER,
+            (None, None) => "—",
         }
     }
 
@@ -133,6 +148,7 @@ impl Row {
             "judged_value": self.judged.map(|(v, _, _)| v),
             "verdict": self.verdict(),
             "shown_not_judged": self.shown_only,
+            "shown_within_budget": self.within(),
             "vs_http_floor": self.vs_http,
             "vs_fsync_floor": self.vs_fsync,
             "vs_aead_floor": self.vs_aead,
@@ -294,7 +310,8 @@ pub fn rows(run: &RunArgs, cores: usize, floors: &Floors, m: Measured, s: Starts
         r.vs_aead = Some(aead_wait(l.ms(50.0)));
         r.json = json!({ "p50_ms": l.ms(50.0), "p99_ms": l.ms(99.0), "max_ms": l.ms(100.0),
                          "count": l.samples(), "per_s": l.samples() as f64 / o.elapsed.as_secs_f64(),
-                         "open_loop_per_s": o.offered, "clients": o.clients });
+                         "open_loop_per_s": o.offered, "clients": o.clients,
+                         "machine_busy": o.machine_busy });
         if let Floor::Open(f) = floor {
             let must = match budget {
                 Budget::AtMost { must, .. } | Budget::AtLeast { must, .. } => must,
@@ -345,19 +362,25 @@ pub fn rows(run: &RunArgs, cores: usize, floors: &Floors, m: Measured, s: Starts
     r.server_use(m.create);
     rows.push(r);
 
-    let paced = |o: &Outcome| {
+    // The open loop's rate as a share of the closed loop's (`capacity`).
+    let share = |o: &Outcome, capacity: &Outcome| {
+        100.0 * o.offered.unwrap_or_default() / capacity.rate().max(f64::MIN_POSITIVE)
+    };
+    let busy = |o: &Outcome| o.machine_busy.unwrap_or_default() * 100.0;
+    let paced = |o: &Outcome, capacity: &Outcome| {
         format!(
-            "{c} connections, open loop at {} ({:.0}% of the closed loop's rate, machine {:.0}% busy)",
+            "{c} connections, open loop at {} ({:.0}% of the closed loop's rate), machine {:.0}% busy",
             per_s(o.offered.unwrap_or_default()),
-            crate::PACED * 100.0,
-            o.machine_busy.unwrap_or_default() * 100.0
+            share(o, capacity),
+            busy(o)
         )
     };
-    let half = |o: &Outcome| {
+    let half = |o: &Outcome, capacity: &Outcome| {
         format!(
-            "{c} connections, open loop at {}, machine {:.0}% busy (target {:.0}%)",
+            "{c} connections, open loop at {} ({:.0}% of the closed loop's rate), machine {:.0}% busy (target {:.0}%)",
             per_s(o.offered.unwrap_or_default()),
-            o.machine_busy.unwrap_or_default() * 100.0,
+            share(o, capacity),
+            busy(o),
             crate::HALF_BUSY * 100.0
         )
     };
@@ -366,7 +389,7 @@ pub fn rows(run: &RunArgs, cores: usize, floors: &Floors, m: Measured, s: Starts
     // beside them (see `crate::HALF_BUSY`).
     rows.push(with_server(
         latency_row(
-            format!("2. get by id at {scale}, {}", half(m.get_half)),
+            format!("2. get by id at {scale}, {}", half(m.get_half, m.get_load)),
             m.get_half.all(),
             m.get_half,
             Floor::Open(m.get_half_floor),
@@ -388,7 +411,10 @@ pub fn rows(run: &RunArgs, cores: usize, floors: &Floors, m: Measured, s: Starts
     ));
     rows.push(with_server(
         latency_row(
-            format!("2. get by id at {scale}, {}", paced(m.get_paced)),
+            format!(
+                "2. get by id at {scale}, {}",
+                paced(m.get_paced, m.get_load)
+            ),
             m.get_paced.all(),
             m.get_paced,
             Floor::Open(m.get_floor),
@@ -399,7 +425,10 @@ pub fn rows(run: &RunArgs, cores: usize, floors: &Floors, m: Measured, s: Starts
     ));
     rows.push(with_server(
         latency_row(
-            format!("2. get by id at {scale}, {c} clients, closed loop"),
+            format!(
+                "2. get by id at {scale}, {c} clients, closed loop, machine {:.0}% busy",
+                busy(m.get_load)
+            ),
             m.get_load.all(),
             m.get_load,
             Floor::Closed,
@@ -412,7 +441,7 @@ pub fn rows(run: &RunArgs, cores: usize, floors: &Floors, m: Measured, s: Starts
         latency_row(
             format!(
                 "2. search page (50 rows) at {scale}, {}, mixed",
-                half(m.search_half)
+                half(m.search_half, m.search_load)
             ),
             m.search_half.all(),
             m.search_half,
@@ -448,7 +477,7 @@ pub fn rows(run: &RunArgs, cores: usize, floors: &Floors, m: Measured, s: Starts
         latency_row(
             format!(
                 "2. search page (50 rows) at {scale}, {}, mixed",
-                paced(m.search_paced)
+                paced(m.search_paced, m.search_load)
             ),
             m.search_paced.all(),
             m.search_paced,
@@ -460,7 +489,10 @@ pub fn rows(run: &RunArgs, cores: usize, floors: &Floors, m: Measured, s: Starts
     ));
     rows.push(with_server(
         latency_row(
-            format!("2. search page (50 rows) at {scale}, {c} clients, closed loop, mixed"),
+            format!(
+                "2. search page (50 rows) at {scale}, {c} clients, closed loop, machine {:.0}% busy, mixed",
+                busy(m.search_load)
+            ),
             m.search_load.all(),
             m.search_load,
             Floor::Closed,
@@ -634,14 +666,14 @@ pub fn rows(run: &RunArgs, cores: usize, floors: &Floors, m: Measured, s: Starts
         ),
     ];
     for (row, f) in [
-        ("get", m.get_half_floor),
-        ("search", m.search_half_floor),
-        ("half-rate get", m.get_floor),
-        ("half-rate search", m.search_floor),
+        (GET_HALF_BUSY, m.get_half_floor),
+        (SEARCH_HALF_BUSY, m.search_half_floor),
+        (GET_HALF_RATE, m.get_floor),
+        (SEARCH_HALF_RATE, m.search_floor),
     ] {
         floor_rows.push(Row::new(
             format!(
-                "floor: empty axum handler, {c} connections, open loop at {} (the {row} rate)",
+                "floor: empty axum handler, {c} connections, open loop at {} (the rate of {row})",
                 per_s(f.rate)
             ),
             format!(
@@ -659,9 +691,10 @@ pub fn rows(run: &RunArgs, cores: usize, floors: &Floors, m: Measured, s: Starts
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::Parser;
 
     #[test]
-    fn a_row_shown_beside_its_budget_has_no_verdict_and_says_it_is_not_judged() {
+    fn a_row_shown_beside_its_budget_has_no_verdict_and_says_where_it_stands() {
         let budget = Budget::AtMost {
             must: 2.0,
             aim: Some(1.0),
@@ -672,11 +705,159 @@ mod tests {
         let mut shown = judged.clone();
         shown.shown_only = true;
         assert_eq!(shown.verdict(), None);
-        assert_eq!(shown.result(), NOT_JUDGED);
+        assert_eq!(shown.result(), NOT_JUDGED_OVER);
         let json = shown.to_json();
         assert_eq!(json["verdict"], Value::Null);
         assert_eq!(json["shown_not_judged"], true);
+        assert_eq!(json["shown_within_budget"], false);
         assert_eq!(json["budget"], "≤ 2 ms p99 (aim 1)");
+        let mut within = Row::new("get", "p99 1.5 ms").budget(1.5, "ms p99", budget);
+        within.shown_only = true;
+        assert_eq!(within.result(), NOT_JUDGED_WITHIN);
         assert_eq!(Row::new("floor", "1/s").result(), "—");
+    }
+
+    /// An outcome of one second at `rate` (open loop at `offered`), every
+    /// request taking `ms`, with the machine `busy`.
+    fn outcome(rate: usize, offered: Option<f64>, ms: u32, busy: f64) -> Outcome {
+        Outcome {
+            elapsed: Duration::from_secs(1),
+            clients: 64,
+            offered,
+            issued: rate as u64,
+            sent: rate as u64,
+            latencies: vec![vec![ms * 1000; rate / 4]; 4],
+            held: Vec::new(),
+            slow: Vec::new(),
+            server: None,
+            machine_busy: Some(busy),
+        }
+    }
+
+    #[test]
+    fn the_latency_budgets_are_judged_on_the_half_busy_and_one_client_rows_only() {
+        let run = crate::Args::try_parse_from(["bench"])
+            .expect("defaults")
+            .run;
+        let floors = Floors {
+            fsync_per_s: 5_000.0,
+            aead_per_s: 700_000.0,
+            http_rate: 190_000.0,
+            http_load_cores: 0.9,
+            http_p50: 0.3,
+            http_p99: 0.7,
+            http1_p50: 0.06,
+            http1_p99: 0.09,
+            pauses: crate::floors::Pauses {
+                threads: 2,
+                per_core_s: 1.0,
+                longest_ms: 4.0,
+                late_share: 0.002,
+            },
+            memory: crate::floors::Memory {
+                random_read_ns: 200.0,
+                fault_ns: 1_300.0,
+                faults: 65_536,
+                huge_pages: None,
+                cached_pread_ns: 300.0,
+            },
+        };
+        let open = |rate| OpenFloor {
+            rate,
+            p50: 0.1,
+            p99: 0.4,
+            stalls: Default::default(),
+        };
+        // Every loaded row misses its budget (3 ms gets, 30 ms searches) but
+        // the half-busy and one-client ones (1 ms and 5 ms).
+        let (create, ingest) = (outcome(8_000, None, 10, 1.0), outcome(40_000, None, 3, 1.0));
+        let get_load = outcome(40_000, None, 3, 1.0);
+        let get_paced = outcome(20_000, Some(20_000.0), 3, 0.8);
+        let get_half = outcome(12_000, Some(12_000.0), 1, 0.5);
+        let get_one = outcome(10_000, None, 1, 0.5);
+        let search_load = outcome(2_000, None, 30, 1.0);
+        let search_paced = outcome(1_000, Some(1_000.0), 30, 0.55);
+        let search_half = outcome(900, Some(900.0), 5, 0.5);
+        let search_one = outcome(800, None, 5, 0.5);
+        let memory = server::Memory {
+            rss_kib: 20_000,
+            peak_kib: 20_000,
+        };
+        let rows = rows(
+            &run,
+            2,
+            &floors,
+            Measured {
+                create: &create,
+                get_load: &get_load,
+                get_paced: &get_paced,
+                get_half: &get_half,
+                get_one: &get_one,
+                search_load: &search_load,
+                search_paced: &search_paced,
+                search_half: &search_half,
+                search_one: &search_one,
+                get_floor: open(20_000.0),
+                search_floor: open(1_000.0),
+                get_half_floor: open(12_000.0),
+                search_half_floor: open(900.0),
+                ingest: &ingest,
+                duplicate: &ingest,
+            },
+            Starts {
+                cold_empty: (Duration::from_millis(30), Some(20)),
+                cold_seeded: (Duration::from_millis(30), Some(20)),
+                idle_empty: memory,
+                idle_seeded: memory,
+                after_gets: memory,
+                after_reads: memory,
+                at_end: memory,
+            },
+        );
+        let latency: Vec<&Row> = rows
+            .iter()
+            .filter(|r| r.judged.is_some_and(|(_, unit, _)| unit == "ms p99"))
+            .collect();
+        assert_eq!(latency.len(), 12, "4 get rows, 4 search rows, 4 kinds");
+        for r in &latency {
+            let judged = r.scenario.contains("(target 50%)") || r.scenario.contains("1 client");
+            assert_eq!(!r.shown_only, judged, "{}", r.scenario);
+            if judged {
+                assert_eq!(r.verdict(), Some("pass (aim met)"), "{}", r.scenario);
+            } else {
+                assert_eq!(r.result(), NOT_JUDGED_OVER, "{}", r.scenario);
+            }
+        }
+        let shown: Vec<&str> = latency
+            .iter()
+            .filter(|r| r.shown_only)
+            .map(|r| r.scenario.as_str())
+            .collect();
+        assert_eq!(shown.len(), 4, "{shown:?}");
+        assert_eq!(
+            shown
+                .iter()
+                .filter(|s| s.contains("clients, closed loop"))
+                .count(),
+            2,
+            "{shown:?}"
+        );
+        assert!(
+            shown
+                .iter()
+                .filter(|s| s.contains("(50% of the closed loop"))
+                .count()
+                == 2
+        );
+        let half = latency[0];
+        assert!(
+            half.scenario
+                .contains("12,000/s (30% of the closed loop's rate), machine 50% busy"),
+            "{}",
+            half.scenario
+        );
+        assert_eq!(half.json["machine_busy"], 0.5);
+        // No verdict in the table is a MISS.
+        assert!(rows.iter().all(|r| r.verdict() != Some("MISS")));
     }
 }
