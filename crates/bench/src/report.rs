@@ -387,81 +387,61 @@ pub fn rows(run: &RunArgs, cores: usize, floors: &Floors, m: Measured, s: Starts
     // The budgets are judged with the machine half busy and with one
     // client; the closed loop and the open loop at half its rate are shown
     // beside them (see `crate::HALF_BUSY`).
-    rows.push(with_server(
-        latency_row(
-            format!("2. get by id at {scale}, {}", half(m.get_half, m.get_load)),
-            m.get_half.all(),
-            m.get_half,
-            Floor::Open(m.get_half_floor),
-            get_budget,
-            true,
-        ),
-        m.get_half,
-    ));
-    rows.push(with_server(
-        latency_row(
-            format!("2. get by id at {scale}, 1 client"),
-            m.get_one.all(),
-            m.get_one,
-            Floor::One,
-            get_budget,
-            true,
-        ),
-        m.get_one,
-    ));
-    rows.push(with_server(
-        latency_row(
-            format!(
-                "2. get by id at {scale}, {}",
-                paced(m.get_paced, m.get_load)
+    let scenario = |(name, o, floor, budget, judged): (String, &Outcome, Floor, Budget, bool)| {
+        with_server(latency_row(name, o.all(), o, floor, budget, judged), o)
+    };
+    let get = |what: String| format!("2. get by id at {scale}, {what}");
+    let search = |what: String| format!("2. search page (50 rows) at {scale}, {what}, mixed");
+    rows.extend(
+        [
+            (
+                get(half(m.get_half, m.get_load)),
+                m.get_half,
+                Floor::Open(m.get_half_floor),
+                get_budget,
+                true,
             ),
-            m.get_paced.all(),
-            m.get_paced,
-            Floor::Open(m.get_floor),
-            get_budget,
-            false,
-        ),
-        m.get_paced,
-    ));
-    rows.push(with_server(
-        latency_row(
-            format!(
-                "2. get by id at {scale}, {c} clients, closed loop, machine {:.0}% busy",
-                busy(m.get_load)
+            (
+                get("1 client".into()),
+                m.get_one,
+                Floor::One,
+                get_budget,
+                true,
             ),
-            m.get_load.all(),
-            m.get_load,
-            Floor::Closed,
-            get_budget,
-            false,
-        ),
-        m.get_load,
-    ));
-    rows.push(with_server(
-        latency_row(
-            format!(
-                "2. search page (50 rows) at {scale}, {}, mixed",
-                half(m.search_half, m.search_load)
+            (
+                get(paced(m.get_paced, m.get_load)),
+                m.get_paced,
+                Floor::Open(m.get_floor),
+                get_budget,
+                false,
             ),
-            m.search_half.all(),
-            m.search_half,
-            Floor::Open(m.search_half_floor),
-            search_budget,
-            true,
-        ),
-        m.search_half,
-    ));
-    rows.push(with_server(
-        latency_row(
-            format!("2. search page (50 rows) at {scale}, 1 client, mixed"),
-            m.search_one.all(),
-            m.search_one,
-            Floor::One,
-            search_budget,
-            true,
-        ),
-        m.search_one,
-    ));
+            (
+                get(format!(
+                    "{c} clients, closed loop, machine {:.0}% busy",
+                    busy(m.get_load)
+                )),
+                m.get_load,
+                Floor::Closed,
+                get_budget,
+                false,
+            ),
+            (
+                search(half(m.search_half, m.search_load)),
+                m.search_half,
+                Floor::Open(m.search_half_floor),
+                search_budget,
+                true,
+            ),
+            (
+                search("1 client".into()),
+                m.search_one,
+                Floor::One,
+                search_budget,
+                true,
+            ),
+        ]
+        .map(scenario),
+    );
     // Under load every kind waits in the same queue; alone, each shows its own cost.
     for (k, what) in SEARCHES.iter().enumerate() {
         rows.push(latency_row(
@@ -473,34 +453,28 @@ pub fn rows(run: &RunArgs, cores: usize, floors: &Floors, m: Measured, s: Starts
             true,
         ));
     }
-    rows.push(with_server(
-        latency_row(
-            format!(
-                "2. search page (50 rows) at {scale}, {}, mixed",
-                paced(m.search_paced, m.search_load)
+    rows.extend(
+        [
+            (
+                search(paced(m.search_paced, m.search_load)),
+                m.search_paced,
+                Floor::Open(m.search_floor),
+                search_budget,
+                false,
             ),
-            m.search_paced.all(),
-            m.search_paced,
-            Floor::Open(m.search_floor),
-            search_budget,
-            false,
-        ),
-        m.search_paced,
-    ));
-    rows.push(with_server(
-        latency_row(
-            format!(
-                "2. search page (50 rows) at {scale}, {c} clients, closed loop, machine {:.0}% busy, mixed",
-                busy(m.search_load)
+            (
+                search(format!(
+                    "{c} clients, closed loop, machine {:.0}% busy",
+                    busy(m.search_load)
+                )),
+                m.search_load,
+                Floor::Closed,
+                search_budget,
+                false,
             ),
-            m.search_load.all(),
-            m.search_load,
-            Floor::Closed,
-            search_budget,
-            false,
-        ),
-        m.search_load,
-    ));
+        ]
+        .map(scenario),
+    );
 
     let mut r = Row::new(
         format!("3. verified Stripe webhook ingest, {c} clients"),
